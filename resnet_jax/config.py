@@ -1,0 +1,158 @@
+"""The configuration: defaults shared by every recipe, checks, derived values.
+
+Recipe files in configs/ start from `defaults()` and override what differs.
+They live in the package (not configs/) so that a config file works from any
+working directory. Every field can be set on the command line, e.g.
+`--config.num_epochs=50`; durations are given in epochs and converted to steps
+here, in one place.
+"""
+
+import math
+import os
+
+import ml_collections
+
+from resnet_jax.errors import ConfigError
+
+ARCHS = ("resnet50_v15", "resnext101_32x4d", "se_resnext101_32x4d", "resnet_tiny")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+BACKENDS = ("dali_gpu", "dali_cpu", "synthetic")
+MODES = ("train", "eval")
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The defaults: NVIDIA's ResNet50 v1.5 recipe for ImageNet on GPUs."""
+    config = ml_collections.ConfigDict()
+    config.arch = "resnet50_v15"
+    config.num_classes = 1000
+    config.mode = "train"  # train | eval
+    config.seed = 0
+
+    # Batch: per device, unless global_batch_size is set (>0), which wins.
+    config.per_device_batch_size = 256
+    config.global_batch_size = 0
+    config.eval_per_device_batch_size = 0  # 0: same as per_device_batch_size
+
+    # Optimizer: SGD with momentum, masked weight decay, warmup + cosine.
+    config.num_epochs = 90
+    config.warmup_epochs = 8
+    config.base_learning_rate = 0.256  # for a global batch of 256; scaled linearly
+    config.momentum = 0.875
+    config.nesterov = False
+    config.weight_decay = 3.0517578125e-05  # 1/32768, on conv and dense kernels only
+    config.label_smoothing = 0.1
+    config.mixup_alpha = 0.0  # 0: off
+
+    # Images.
+    config.image_size = 224
+    config.eval_resize_size = 256
+    config.eval_image_size = 224
+
+    # Numerics: fp32 | tf32 | bf16 | fp16 (fp16 uses dynamic loss scaling).
+    config.precision = "bf16"
+    config.loss_scale_init = 2.0**16
+    config.loss_scale_growth_interval = 2000
+
+    # Model details that NVIDIA's recipe fixes.
+    config.model = ml_collections.ConfigDict()
+    config.model.conv_init = "fan_out"
+    config.model.zero_init_last_bn = True
+    config.model.bn_momentum = 0.9
+    config.model.bn_epsilon = 1e-5
+    # False: BN statistics per device, as NVIDIA trains. True: over the global batch.
+    config.model.sync_batch_norm = False
+
+    config.data = ml_collections.ConfigDict()
+    config.data.root = ""  # ImageNet layout: ROOT/train/<class>/*.JPEG, ROOT/val/<class>/*.JPEG
+    config.data.backend = "dali_gpu"  # dali_gpu | dali_cpu | synthetic
+    config.data.num_threads = 0  # DALI CPU threads per pipeline; 0: chosen from the core count
+    config.data.synthetic_train_images = 1281167  # epoch length for the synthetic backend
+
+    # Bookkeeping.
+    config.log_every_steps = 100
+    config.eval_every_epochs = 1
+    config.checkpoint_every_epochs = 1
+    config.keep_checkpoints = 3
+    config.checkpoint = ""  # eval: a checkpoint step folder or workdir; default: --workdir
+    return config
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{name} {value!r} is not supported: use one of {', '.join(allowed)} "
+            f"(--config.{name}=...)"
+        )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Stops at start-up, with one line naming the value and the fix, on a bad config."""
+    _choice("arch", config.arch, ARCHS)
+    _choice("precision", config.precision, PRECISIONS)
+    _choice("data.backend", config.data.backend, BACKENDS)
+    _choice("mode", config.mode, MODES)
+    for name in ("num_classes", "image_size", "eval_image_size", "eval_resize_size",
+                 "num_epochs", "per_device_batch_size"):
+        if config[name] <= 0:
+            raise ConfigError(f"{name}={config[name]} must be positive (--config.{name}=N)")
+    if config.eval_resize_size < config.eval_image_size:
+        raise ConfigError(
+            f"eval_resize_size={config.eval_resize_size} is smaller than "
+            f"eval_image_size={config.eval_image_size}: the center crop must fit in the "
+            "resized image"
+        )
+    if not 0 <= config.warmup_epochs < config.num_epochs:
+        raise ConfigError(
+            f"warmup_epochs={config.warmup_epochs} must be in [0, num_epochs={config.num_epochs})"
+        )
+    if config.data.backend != "synthetic":
+        if not config.data.root:
+            raise ConfigError(
+                "data.root is not set: pass --config.data.root=DIR with DIR/train/<class>/*.JPEG "
+                "and DIR/val/<class>/*.JPEG, or --config.data.backend=synthetic for a benchmark"
+            )
+        if not os.path.isdir(config.data.root):
+            raise ConfigError(
+                f"data.root {config.data.root!r} does not exist: pass --config.data.root=DIR "
+                "with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG"
+            )
+
+
+def global_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
+    """The training batch over all devices: global_batch_size if set, else per device x devices."""
+    batch = config.global_batch_size or config.per_device_batch_size * num_devices
+    if batch % num_devices:
+        raise ConfigError(
+            f"global_batch_size={batch} is not divisible by the {num_devices} devices: "
+            f"use a multiple of {num_devices}"
+        )
+    return batch
+
+
+def eval_global_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
+    """The evaluation batch over all devices."""
+    per_device = config.eval_per_device_batch_size or (
+        global_batch_size(config, num_devices) // num_devices
+    )
+    return per_device * num_devices
+
+
+def learning_rate(config: ml_collections.ConfigDict, batch: int) -> float:
+    """Peak learning rate: base_learning_rate is for 256 images, scaled linearly."""
+    return config.base_learning_rate * batch / 256
+
+
+def steps_per_epoch(num_images: int, batch: int) -> int:
+    """Full batches per epoch (the remainder is dropped, as NVIDIA's loaders do)."""
+    steps = num_images // batch
+    if steps == 0:
+        raise ConfigError(
+            f"the training set has {num_images} images, fewer than one global batch of {batch}: "
+            "lower --config.per_device_batch_size or set --config.global_batch_size"
+        )
+    return steps
+
+
+def num_eval_batches(num_images: int, batch: int) -> int:
+    """Batches that cover every evaluation image once (the last one padded)."""
+    return math.ceil(num_images / batch)

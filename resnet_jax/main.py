@@ -1,0 +1,57 @@
+"""Command line: `python -m resnet_jax.main --config configs/resnet50_v15.py --workdir DIR`.
+
+`--config.mode=train` (default) trains and evaluates, resuming from DIR's
+latest checkpoint; `--config.mode=eval` evaluates DIR's (or
+--config.checkpoint's) latest checkpoint.
+"""
+
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnet_jax import config as config_lib
+from resnet_jax import parallel
+from resnet_jax.errors import ConfigError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Recipe file, e.g. configs/resnet50_v15.py[:preset].", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and metrics go.")
+flags.DEFINE_bool("library_logs", False, "Also show INFO lines of JAX, Orbax, DALI and clu.")
+flags.mark_flags_as_required(["config"])
+
+
+class _ProjectInfoOnly(std_logging.Filter):
+    """Keeps INFO lines of resnet_jax and warnings/errors of everyone."""
+
+    def filter(self, record):
+        return record.levelno >= std_logging.WARNING or "resnet_jax" in record.pathname
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = FLAGS.config
+    if not FLAGS.library_logs:
+        logging.get_absl_handler().addFilter(_ProjectInfoOnly())
+    try:
+        config_lib.validate(config)
+        if config.mode == "train" and not FLAGS.workdir:
+            raise ConfigError("--workdir is required for training: pass --workdir=runs/NAME")
+        parallel.initialize()
+        # Imported here so that a bad flag is reported before JAX and TensorFlow load.
+        from resnet_jax.train import loop
+
+        if config.mode == "train":
+            loop.train_and_evaluate(config, FLAGS.workdir)
+        else:
+            loop.evaluate_checkpoint(config, FLAGS.workdir)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

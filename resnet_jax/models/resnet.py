@@ -1,0 +1,166 @@
+"""ResNet v1.5 family in Flax Linen, NHWC, as NVIDIA's ConvNets define it.
+
+v1.5 puts the stride-2 of a downsampling bottleneck on the 3x3 convolution
+(v1 has it on the first 1x1). ResNeXt widens the 3x3 into grouped
+convolutions; SE-ResNeXt rescales each block's output channels with a
+squeeze-and-excitation gate before the residual add.
+
+Padding is explicit and symmetric (PyTorch's), not 'SAME', so that converted
+PyTorch weights give the same logits.
+"""
+
+from collections.abc import Sequence
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+
+def conv_kernel_init(mode: str):
+    """Kaiming-normal (He) initialisation for ReLU networks, untruncated as in PyTorch."""
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"conv_init must be 'fan_in' or 'fan_out', got {mode!r}")
+    return nn.initializers.variance_scaling(2.0, mode, "normal")
+
+
+def torch_linear_init(fan_in: int):
+    """PyTorch's default nn.Linear initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = fan_in**-0.5
+    return lambda key, shape, dtype=jnp.float32: nn.initializers.uniform(2 * bound)(
+        key, shape, dtype
+    ) - jnp.asarray(bound, dtype)
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gate: global average pool, 1x1 conv down, ReLU, 1x1 conv up, sigmoid."""
+
+    reduction: int
+    conv: ModuleDef
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        squeezed = max(channels // self.reduction, 1)
+        # Pool in fp32: a half-precision mean over 56x56 positions loses digits.
+        s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
+        s = self.conv(squeezed, (1, 1), use_bias=True, name="reduce")(s)
+        s = nn.relu(s)
+        s = self.conv(channels, (1, 1), use_bias=True, name="expand")(s)
+        return nn.sigmoid(s)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided, grouped), 1x1 expand; optional SE; residual add."""
+
+    width: int
+    out_channels: int
+    strides: int
+    groups: int
+    se_reduction: int  # 0: no squeeze-and-excitation
+    conv: ModuleDef
+    norm: ModuleDef
+    zero_init_last_bn: bool
+
+    @nn.compact
+    def __call__(self, x):
+        residual = x
+        y = self.conv(self.width, (1, 1), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(
+            self.width,
+            (3, 3),
+            strides=(self.strides, self.strides),
+            padding=((1, 1), (1, 1)),
+            feature_group_count=self.groups,
+            name="conv2",
+        )(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(self.out_channels, (1, 1), name="conv3")(y)
+        scale_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
+        y = self.norm(scale_init=scale_init, name="bn3")(y)
+        if self.se_reduction:
+            y = y * SqueezeExcite(self.se_reduction, self.conv, name="se")(y)
+        if residual.shape != y.shape:
+            residual = self.conv(
+                self.out_channels,
+                (1, 1),
+                strides=(self.strides, self.strides),
+                name="downsample_conv",
+            )(residual)
+            residual = self.norm(name="downsample_bn")(residual)
+        return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+    """Stem, four stages of bottlenecks, global average pool, linear classifier.
+
+    `stage_widths` are the bottleneck (3x3) widths of each stage; a block's
+    output has `width * expansion` channels.
+    """
+
+    stage_sizes: Sequence[int]
+    stage_widths: Sequence[int]
+    expansion: int
+    num_classes: int
+    groups: int = 1
+    se_reduction: int = 0
+    stem_width: int = 64
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+    conv_init: str = "fan_out"
+    zero_init_last_bn: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        conv = functools.partial(
+            nn.Conv,
+            use_bias=False,
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=conv_kernel_init(self.conv_init),
+        )
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            axis_name=self.bn_axis_name if train else None,
+        )
+        x = jnp.asarray(x, self.dtype)
+        x = conv(self.stem_width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
+        x = nn.relu(norm(name="bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        stages = zip(self.stage_sizes, self.stage_widths, strict=True)
+        for stage, (num_blocks, width) in enumerate(stages):
+            for block in range(num_blocks):
+                x = Bottleneck(
+                    width=width,
+                    out_channels=width * self.expansion,
+                    strides=2 if stage > 0 and block == 0 else 1,
+                    groups=self.groups,
+                    se_reduction=self.se_reduction,
+                    conv=conv,
+                    norm=norm,
+                    zero_init_last_bn=self.zero_init_last_bn,
+                    name=f"layer{stage + 1}_{block}",
+                )(x)
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        features = x.shape[-1]
+        x = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=torch_linear_init(features),
+            bias_init=torch_linear_init(features),
+            name="fc",
+        )(x.astype(self.dtype))
+        # The loss and softmax run in fp32 whatever the compute precision.
+        return x.astype(jnp.float32)

@@ -1,0 +1,144 @@
+"""Metrics out: TensorBoard and log lines through clu, JSON lines, a progress line."""
+
+import json
+import os
+import time
+
+from absl import logging
+from clu import metric_writers
+from clu.metric_writers import interface
+import jax
+import numpy as np
+
+
+class JsonLinesWriter(interface.MetricWriter):
+    """Appends one JSON object per write_scalars call: {"step": N, "name": value, ...}."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115 (closed in close())
+
+    def write_scalars(self, step, scalars):
+        record = {"step": int(step)}
+        record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+        self._file.write(json.dumps(record) + "\n")
+
+    def write_hparams(self, hparams):
+        self._file.write(json.dumps({"hparams": {k: str(v) for k, v in hparams.items()}}) + "\n")
+
+    # Only scalars and hparams are written here; TensorBoard gets the rest.
+    def write_summaries(self, step, values, metadata=None):
+        pass
+
+    def write_images(self, step, images):
+        pass
+
+    def write_videos(self, step, videos):
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+        pass
+
+    def write_texts(self, step, texts):
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        pass
+
+    def flush(self):
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+    """TensorBoard events + log lines + WORKDIR/metrics.jsonl, written by process 0 only."""
+    if jax.process_index() > 0:
+        return metric_writers.create_default_writer(None, just_logging=True)
+    os.makedirs(workdir, exist_ok=True)
+    return metric_writers.MultiWriter([
+        metric_writers.create_default_writer(workdir, asynchronous=True),
+        JsonLinesWriter(os.path.join(workdir, "metrics.jsonl")),
+    ])
+
+
+def format_duration(seconds: float) -> str:
+    """'1h02m', '3m05s', '12s'."""
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+class Progress:
+    """Training speed and ETA, with time spent outside training (eval, checkpoints) apart.
+
+    Call `mark()` after each logged step (metrics fetched, so the devices are
+    done), and wrap eval and checkpoint work in `with progress.pause():`.
+    """
+
+    def __init__(self, *, total_steps: int, start_step: int, global_batch_size: int):
+        self.total_steps = total_steps
+        self.global_batch_size = global_batch_size
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+        self._train_seconds = 0.0
+        self._steps_timed = 0
+        self.paused_seconds = 0.0
+
+    def reset(self, step: int) -> None:
+        """Starts timing at `step` (e.g. after the first step, to leave compilation out)."""
+        self._last_step, self._last_time = step, time.perf_counter()
+
+    def mark(self, step: int) -> dict:
+        """Speed since the previous mark, as {'images_per_sec', 'steps_per_sec'}."""
+        now = time.perf_counter()
+        elapsed = max(now - self._last_time, 1e-9)
+        steps = step - self._last_step
+        self._last_step, self._last_time = step, now
+        self._train_seconds += elapsed
+        self._steps_timed += steps
+        return {"steps_per_sec": steps / elapsed,
+                "images_per_sec": steps * self.global_batch_size / elapsed}
+
+    def eta_seconds(self, step: int) -> float:
+        """Training time left at the average speed so far."""
+        if not self._steps_timed:
+            return float("nan")
+        return (self.total_steps - step) * self._train_seconds / self._steps_timed
+
+    def pause(self):
+        """Context manager: time inside it is not training time."""
+        progress = self
+
+        class _Pause:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                spent = time.perf_counter() - self.start
+                progress.paused_seconds += spent
+                progress._last_time += spent
+
+        return _Pause()
+
+    def line(self, step: int, epoch: float, num_epochs: int, metrics: dict, speed: dict) -> str:
+        """One human line: where the run is, how it learns, how fast, how long to go."""
+        eta = self.eta_seconds(step)
+        return (
+            f"epoch {epoch:.2f}/{num_epochs} step {step}/{self.total_steps} | "
+            f"loss {metrics['loss']:.4f} top1 {100 * metrics['top1']:.1f}% "
+            f"lr {metrics['learning_rate']:.4g} | {speed['images_per_sec']:,.0f} img/s | "
+            f"ETA {format_duration(eta) if eta == eta else '?'} | "
+            f"eval+checkpoint {format_duration(self.paused_seconds)}"
+        )
+
+
+def log(message: str) -> None:
+    """A line for the user, from process 0 only."""
+    if jax.process_index() == 0:
+        logging.info("%s", message)

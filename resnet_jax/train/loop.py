@@ -1,0 +1,253 @@
+"""Training with periodic evaluation and checkpoints; evaluation of a saved checkpoint."""
+
+from collections.abc import Callable, Iterator
+import dataclasses
+import functools
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from resnet_jax import checkpoint, models, parallel, reporting
+from resnet_jax import config as config_lib
+from resnet_jax.errors import ConfigError
+from resnet_jax.train import optimizer, precision
+from resnet_jax.train import state as state_lib
+from resnet_jax.train import step as step_lib
+
+
+@dataclasses.dataclass
+class Data:
+    """What the loop needs from a data source."""
+
+    num_train_images: int
+    class_names: list[str]
+    train: Callable[[int], Iterator[dict]]  # seed -> endless iterator of sharded batches
+    eval: object | None  # one pass per iteration, with a 'mask'; None: no evaluation
+
+
+def _num_threads(config, pipelines: int) -> int:
+    return config.data.num_threads or max(1, min(8, (os.cpu_count() or 2) // pipelines))
+
+
+def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bool = True) -> Data:
+    """The data source that config.data.backend names, checked against the config."""
+    image_dtype = precision.image_dtype(config.precision)
+    if config.data.backend == "synthetic":
+        from resnet_jax.data import synthetic
+
+        return Data(
+            num_train_images=config.data.synthetic_train_images,
+            class_names=[],
+            train=lambda seed: synthetic.train_iterator(
+                global_batch_size=train_batch, image_size=config.image_size,
+                image_dtype=image_dtype, num_classes=config.num_classes, mesh=mesh, seed=seed),
+            eval=None,
+        )
+    if config.data.backend == "dali_gpu" and jax.devices()[0].platform != "gpu":
+        raise ConfigError(
+            f"data.backend 'dali_gpu' needs GPUs, but JAX sees {jax.devices()[0].platform} "
+            "devices: use --config.data.backend=dali_cpu (or install jax[cuda12])"
+        )
+    from resnet_jax.data import dali, folders
+
+    pipelines = jax.local_device_count() if config.data.backend == "dali_gpu" else 1
+    threads = _num_threads(config, pipelines)
+    val = folders.scan_split(config.data.root, "val")
+    train = folders.scan_split(config.data.root, "train") if with_train else val
+    folders.check_num_classes(train.class_names, config.num_classes, config.data.root)
+    if with_train and val.class_names != train.class_names:
+        raise ConfigError(
+            f"data.root {config.data.root!r}: val/ has classes {len(val.class_names)} that differ "
+            f"from train/ ({len(train.class_names)}): both need the same class folders"
+        )
+    return Data(
+        num_train_images=len(train),
+        class_names=list(train.class_names),
+        train=lambda seed: dali.train_iterator(
+            train, global_batch_size=train_batch, image_size=config.image_size,
+            image_dtype=image_dtype, mesh=mesh, seed=seed, backend=config.data.backend,
+            num_threads=threads),
+        eval=dali.eval_iterator(
+            val, global_batch_size=eval_batch, resize_size=config.eval_resize_size,
+            image_size=config.eval_image_size, image_dtype=image_dtype, mesh=mesh,
+            backend=config.data.backend, num_threads=threads),
+    )
+
+
+def build_model(config, *, train: bool = True):
+    """The configured model in the configured compute precision."""
+    sync = config.model.sync_batch_norm and train
+    return models.create(
+        config.arch, num_classes=config.num_classes,
+        dtype=precision.compute_dtype(config.precision),
+        conv_init=config.model.conv_init, zero_init_last_bn=config.model.zero_init_last_bn,
+        bn_momentum=config.model.bn_momentum, bn_epsilon=config.model.bn_epsilon,
+        bn_axis_name=parallel.AXIS if sync else None,
+    )
+
+
+def evaluate(eval_step, params, batch_stats, eval_data) -> dict:
+    """Loss, top-1 and top-5 over every evaluation image exactly once."""
+    totals = None
+    for batch in eval_data:
+        sums = eval_step(params, batch_stats, batch)
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    totals = jax.device_get(totals)
+    count = int(totals["count"])
+    return {"loss": float(totals["loss_sum"]) / count, "top1": float(totals["top1_hits"]) / count,
+            "top5": float(totals["top5_hits"]) / count, "images": count}
+
+
+def _check_compatible(saved: dict, config, where: str) -> None:
+    """A checkpoint fits this config only with the same arch and num_classes."""
+    for key in ("arch", "num_classes"):
+        if saved.get(key) != config[key]:
+            raise ConfigError(
+                f"{where} holds {key}={saved.get(key)!r} but the config has {key}={config[key]!r}: "
+                f"set --config.{key}={saved.get(key)!r}, or use another workdir or checkpoint"
+            )
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+    fetched = jax.device_get(history)
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _prepare(config) -> None:
+    config_lib.validate(config)
+    jax.config.update("jax_default_matmul_precision", precision.matmul_precision(config.precision))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains config.arch per the config, evaluating and checkpointing every few epochs.
+
+    Restarting with the same workdir resumes from its latest checkpoint.
+    Returns the last evaluation's metrics (empty without evaluation data).
+    """
+    _prepare(config)
+    mesh = parallel.make_mesh()
+    train_batch = config_lib.global_batch_size(config, mesh.size)
+    eval_batch = config_lib.eval_global_batch_size(config, mesh.size)
+    data = open_data(config, mesh, train_batch=train_batch, eval_batch=eval_batch)
+    steps_per_epoch = config_lib.steps_per_epoch(data.num_train_images, train_batch)
+    total_steps = steps_per_epoch * config.num_epochs
+    peak_lr = config_lib.learning_rate(config, train_batch)
+    schedule = optimizer.warmup_cosine(peak_lr, config.warmup_epochs * steps_per_epoch, total_steps)
+    tx = optimizer.create(schedule, momentum=config.momentum, nesterov=config.nesterov,
+                          weight_decay=config.weight_decay)
+    model = build_model(config)
+    replicated = parallel.replicated(mesh)
+    state = jax.jit(
+        functools.partial(state_lib.create, model, tx, image_size=config.image_size,
+                          loss_scale=config.loss_scale_init if config.precision == "fp16" else 1.0),
+        out_shardings=replicated,
+    )(jax.random.key(config.seed))
+
+    meta = {"arch": config.arch, "num_classes": config.num_classes,
+            "class_names": data.class_names, "image_size": config.image_size,
+            "eval_resize_size": config.eval_resize_size,
+            "eval_image_size": config.eval_image_size, "precision": config.precision}
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        state, saved = ckpt.restore(state, replicated)
+        _check_compatible(saved, config, f"the checkpoint in {ckpt.directory!r}")
+        reporting.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
+    start_step = int(jax.device_get(state.step))
+
+    writer = reporting.create_writer(workdir)
+    if start_step == 0:
+        writer.write_hparams(dict(_flatten(config.to_dict())))
+    reporting.log(
+        f"{config.arch}: {mesh.size} devices, global batch {train_batch}, "
+        f"{data.num_train_images} train images = {steps_per_epoch} steps/epoch, "
+        f"{config.num_epochs} epochs = {total_steps} steps, peak lr {peak_lr:.4g}, "
+        f"{config.precision}, data {config.data.backend}"
+    )
+
+    train_step = step_lib.make_train_step(
+        model, tx, schedule, mesh, num_classes=config.num_classes,
+        label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+        fp16=config.precision == "fp16",
+        loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed)
+    eval_step = step_lib.make_eval_step(build_model(config, train=False), mesh)
+
+    # A resumed run starts a new shuffle, not a replay of epoch 0's order.
+    batches = data.train(config.seed + start_step // steps_per_epoch)
+    progress = reporting.Progress(total_steps=total_steps, start_step=start_step,
+                                  global_batch_size=train_batch)
+    history, eval_metrics = [], {}
+    compile_start = time.perf_counter()
+    for step in range(start_step + 1, total_steps + 1):
+        state, metrics = train_step(state, next(batches))
+        history.append(metrics)
+        if step == start_step + 1:
+            jax.block_until_ready(metrics)
+            reporting.log(f"first step (compilation included) took "
+                          f"{time.perf_counter() - compile_start:.1f}s")
+            progress.reset(step)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            summary = _mean_metrics(history)
+            speed = progress.mark(step)
+            history = []
+            writer.write_scalars(step, {**{f"train/{k}": v for k, v in summary.items()},
+                                        "train/images_per_sec": speed["images_per_sec"]})
+            reporting.log(progress.line(step, step / steps_per_epoch, config.num_epochs,
+                                        summary, speed))
+        if step % steps_per_epoch:
+            continue
+        epoch = step // steps_per_epoch
+        with progress.pause():
+            if data.eval is not None and (epoch % config.eval_every_epochs == 0
+                                          or step == total_steps):
+                eval_metrics = evaluate(eval_step, state.params, state.batch_stats, data.eval)
+                writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                reporting.log(f"eval epoch {epoch}: loss {eval_metrics['loss']:.4f} "
+                              f"top1 {100 * eval_metrics['top1']:.2f}% "
+                              f"top5 {100 * eval_metrics['top5']:.2f}% "
+                              f"({eval_metrics['images']} images)")
+            if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+                ckpt.save(state, {**meta, "epoch": epoch})
+    ckpt.close()
+    writer.flush()
+    writer.close()
+    return eval_metrics
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) -> dict:
+    """Restores params and BN statistics from a checkpoint and evaluates them on data.root/val."""
+    _prepare(config)
+    path = config.checkpoint or workdir
+    if not path:
+        raise ConfigError("mode=eval needs a checkpoint: pass --workdir of a training run or "
+                          "--config.checkpoint=PATH")
+    meta, step = checkpoint.read_meta(path)
+    _check_compatible(meta, config, f"checkpoint {path!r}")
+    mesh = parallel.make_mesh()
+    eval_batch = config_lib.eval_global_batch_size(config, mesh.size)
+    data = open_data(config, mesh, train_batch=eval_batch, eval_batch=eval_batch,
+                     with_train=False)
+    if data.eval is None:
+        raise ConfigError("mode=eval needs images: set --config.data.backend=dali_gpu or "
+                          "dali_cpu and --config.data.root=DIR with DIR/val/<class>/*.JPEG")
+    model = build_model(config, train=False)
+    abstract = jax.eval_shape(functools.partial(state_lib.init_variables, model,
+                                                image_size=config.eval_image_size),
+                              jax.random.key(0))
+    variables, _, step = checkpoint.restore_model(path, abstract, parallel.replicated(mesh))
+    metrics = evaluate(step_lib.make_eval_step(model, mesh), variables["params"],
+                       variables["batch_stats"], data.eval)
+    reporting.log(f"eval of {path} (step {step}, {config.arch}): "
+                  f"top1 {100 * metrics['top1']:.2f}% top5 {100 * metrics['top5']:.2f}% "
+                  f"loss {metrics['loss']:.4f} on {metrics['images']} images")
+    return metrics
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

@@ -1,0 +1,45 @@
+"""Compute precision and fp16 dynamic loss scaling.
+
+Parameters always stay fp32; `compute_dtype` is what convolutions and matmuls
+run in. fp16 needs loss scaling: the loss is multiplied by a scale before the
+backward pass so that small gradients do not flush to zero, and divided out
+afterwards. A step whose gradients overflow is skipped and the scale halved;
+after `growth_interval` finite steps in a row it doubles.
+"""
+
+import jax
+import jax.numpy as jnp
+
+_DTYPES = {"fp32": jnp.float32, "tf32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
+
+
+def compute_dtype(precision: str):
+    """The dtype activations are computed in."""
+    return _DTYPES[precision]
+
+
+def image_dtype(precision: str):
+    """The dtype the data pipeline delivers images in (DALI has no bfloat16)."""
+    return jnp.float32 if compute_dtype(precision) == jnp.float32 else jnp.float16
+
+
+def matmul_precision(precision: str) -> str:
+    """jax_default_matmul_precision for the run: exact fp32 unless TF32 is asked for."""
+    # On Ampere and newer GPUs, XLA's default precision for fp32 dot/conv is TF32.
+    return "tensorfloat32" if precision == "tf32" else "highest"
+
+
+def all_finite(tree) -> jax.Array:
+    """True when every element of every array in `tree` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all()
+
+
+def update_loss_scale(scale, good_steps, finite, *, growth_interval: int, enabled: bool):
+    """The next (scale, good_steps) after a step whose gradients were `finite` or not."""
+    if not enabled:
+        return scale, good_steps
+    grow = finite & (good_steps + 1 >= growth_interval)
+    new_scale = jnp.where(finite, jnp.where(grow, scale * 2, scale), jnp.maximum(scale / 2, 1.0))
+    new_good = jnp.where(finite & ~grow, good_steps + 1, 0)
+    return new_scale, new_good.astype(good_steps.dtype)

@@ -1,0 +1,127 @@
+"""Train and eval steps: one jax.jit each over a mesh of all devices.
+
+The batch is sharded on the mesh axis 'data'; the state is replicated. The
+forward/backward pass runs under shard_map so that each device normalizes
+with the BN statistics of its own part of the batch, as NVIDIA trains; with
+`sync_batch_norm` the model's BN layers reduce over 'data' instead, which is
+the same as one device seeing the whole batch.
+"""
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import optax
+
+from resnet_jax.train import precision
+from resnet_jax.train.state import TrainState
+
+AXIS = "data"
+
+
+def smoothed_targets(labels, num_classes: int, smoothing: float):
+    """One-hot labels mixed with the uniform distribution (NVIDIA's label smoothing)."""
+    return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
+
+
+def cross_entropy(logits, targets):
+    """Mean softmax cross-entropy against soft targets, in fp32."""
+    logits = logits.astype(jnp.float32)
+    return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1))
+
+
+def mixup(rng, images, targets, alpha: float):
+    """Mixes each example with its mirror in the batch, weight ~ Beta(alpha, alpha)."""
+    lam = jax.random.beta(rng, alpha, alpha)
+    mixed = lam * images.astype(jnp.float32) + (1 - lam) * images[::-1].astype(jnp.float32)
+    return mixed.astype(images.dtype), lam * targets + (1 - lam) * targets[::-1]
+
+
+def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smoothing: float,
+                    mixup_alpha: float, fp16: bool, loss_scale_growth_interval: int, seed: int):
+    """Returns `train_step(state, batch) -> (state, metrics)`, jitted, the state donated."""
+    base_key = jax.random.key(seed)
+
+    def device_grads(state: TrainState, images, labels):
+        # Runs once per device on its shard of the batch.
+        targets = smoothed_targets(labels, num_classes, label_smoothing)
+        if mixup_alpha > 0:
+            key = jax.random.fold_in(jax.random.fold_in(base_key, state.step),
+                                     lax.axis_index(AXIS))
+            images, targets = mixup(key, images, targets, mixup_alpha)
+
+        def scaled_loss(params):
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+            loss = cross_entropy(logits, targets)
+            return loss * state.loss_scale, (loss, logits, updates["batch_stats"])
+
+        grads, (loss, logits, batch_stats) = jax.grad(scaled_loss, has_aux=True)(state.params)
+        top1 = jnp.mean(jnp.argmax(logits, -1) == labels)
+        # Averaging the per-device means gives the global-batch gradient; running
+        # BN statistics are averaged too, so every device keeps the same state.
+        return lax.pmean((grads, batch_stats, {"loss": loss, "top1": top1}), AXIS)
+
+    sharded_grads = jax.shard_map(
+        device_grads, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P(),
+        check_vma=False,
+    )
+
+    def train_step(state: TrainState, batch):
+        grads, batch_stats, metrics = sharded_grads(state, batch["images"], batch["labels"])
+        grads = jax.tree.map(lambda g: g / state.loss_scale, grads)
+        finite = precision.all_finite(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if fp16:
+            # An overflowing step must change nothing but the loss scale.
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+            params = keep(params, state.params)
+            opt_state = keep(opt_state, state.opt_state)
+            batch_stats = keep(batch_stats, state.batch_stats)
+        loss_scale, good_steps = precision.update_loss_scale(
+            state.loss_scale, state.good_steps, finite,
+            growth_interval=loss_scale_growth_interval, enabled=fp16,
+        )
+        metrics = dict(metrics, learning_rate=schedule(state.step), loss_scale=state.loss_scale,
+                       grads_finite=finite.astype(jnp.float32))
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  opt_state=opt_state, loss_scale=loss_scale,
+                                  good_steps=good_steps)
+        return new_state, metrics
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        train_step,
+        in_shardings=(replicated, NamedSharding(mesh, P(AXIS))),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(model, mesh):
+    """Returns `eval_step(params, batch_stats, batch) -> sums`, exact over masked batches.
+
+    The sums (loss, top-1 and top-5 hits, images) are over the whole global
+    batch; padding examples (mask False) count nowhere.
+    """
+
+    def eval_step(params, batch_stats, batch):
+        logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["images"],
+                             train=False)
+        labels, mask = batch["labels"], batch["mask"]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        topk = lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        hit1 = topk[:, 0] == labels
+        hit5 = jnp.any(topk == labels[:, None], axis=-1)
+        return {
+            "loss_sum": jnp.sum(jnp.where(mask, loss, 0.0)),
+            "top1_hits": jnp.sum(hit1 & mask),
+            "top5_hits": jnp.sum(hit5 & mask),
+            "count": jnp.sum(mask),
+        }
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(eval_step, in_shardings=(replicated, replicated, NamedSharding(mesh, P(AXIS))),
+                   out_shardings=replicated)

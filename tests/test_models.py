@@ -1,0 +1,78 @@
+"""Model structure: exact parameter counts, shapes, dtypes and NVIDIA's initialisation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import models
+from resnet_jax.errors import ConfigError
+
+
+def _abstract_variables(model, size=224):
+    return jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+
+
+def _count(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("arch, expected", [
+    ("resnet50_v15", 25_557_032),
+    ("resnext101_32x4d", 44_177_704),
+    ("se_resnext101_32x4d", 48_955_416),
+])
+def test_full_size_models_have_reference_parameter_counts(arch, expected):
+    variables = _abstract_variables(models.create(arch))
+    assert _count(variables["params"]) == expected
+
+
+def test_resnet50_logits_shape_and_v15_stride_on_3x3():
+    model = models.create("resnet50_v15", dtype=jnp.bfloat16)
+    variables = _abstract_variables(model)
+    out = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False), variables, jnp.zeros((2, 224, 224, 3)))
+    assert out.shape == (2, 1000) and out.dtype == jnp.float32
+    params = variables["params"]
+    # v1.5: the downsampling block of stage 2 strides on its 3x3; output 28x28 after stage 2.
+    assert params["layer2_0"]["conv2"]["kernel"].shape == (3, 3, 128, 128)
+    assert params["layer2_0"]["downsample_conv"]["kernel"].shape == (1, 1, 256, 512)
+    _, state = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
+        variables, jnp.zeros((2, 224, 224, 3)))
+    assert jax.tree.leaves(state)[0].dtype == jnp.float32
+
+
+def test_params_fp32_and_compute_in_half_precision():
+    model = models.create("resnet_tiny", num_classes=7, dtype=jnp.float16)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    logits = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+
+
+def test_nvidia_init_zero_last_bn_gamma_and_kaiming_fan_out():
+    model = models.create("resnet50_v15")
+    variables = jax.jit(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))()
+    params = variables["params"]
+    for name, block in params.items():
+        if name.startswith("layer"):
+            assert np.all(block["bn3"]["scale"] == 0), name
+            assert np.all(block["bn1"]["scale"] == 1), name
+    kernel = np.asarray(params["layer3_1"]["conv2"]["kernel"])  # 3x3x256x256
+    fan_out = 3 * 3 * 256
+    assert kernel.std() == pytest.approx(np.sqrt(2 / fan_out), rel=0.02)
+    assert np.all(variables["batch_stats"]["bn1"]["var"] == 1)
+
+
+def test_batch_norm_uses_nvidia_momentum_and_epsilon():
+    model = models.create("resnet_tiny", num_classes=3)
+    assert model.bn_momentum == 0.9 and model.bn_epsilon == 1e-5
+
+
+def test_unknown_arch_names_the_value_and_the_choices():
+    with pytest.raises(ConfigError, match=r"arch 'resnet51'.*resnet50_v15"):
+        models.create("resnet51")

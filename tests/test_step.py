@@ -1,0 +1,137 @@
+"""The train step: learning, fp16 loss scaling, and BN statistics per device or global."""
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+from resnet_jax import models, parallel
+from resnet_jax.train import optimizer, precision
+from resnet_jax.train import state as state_lib
+from resnet_jax.train import step as step_lib
+
+NUM_CLASSES, SIZE, BATCH = 5, 32, 16
+
+
+def _setup(num_devices, *, sync_bn=False, dtype=jnp.float32, fp16=False, lr=0.05, wd=1e-4,
+           **model_kwargs):
+    mesh = parallel.make_mesh(jax.devices()[:num_devices])
+    model = models.create("resnet_tiny", num_classes=NUM_CLASSES, dtype=dtype,
+                          bn_axis_name="data" if sync_bn else None, **model_kwargs)
+    schedule = optimizer.warmup_cosine(lr, 0, 1000)
+    tx = optimizer.create(schedule, momentum=0.875, nesterov=False, weight_decay=wd)
+    state = jax.jit(
+        lambda key: state_lib.create(model, tx, key, image_size=SIZE,
+                                     loss_scale=2.0**16 if fp16 else 1.0),
+        out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+    train_step = step_lib.make_train_step(
+        model, tx, schedule, mesh, num_classes=NUM_CLASSES, label_smoothing=0.1, mixup_alpha=0.0,
+        fp16=fp16, loss_scale_growth_interval=3, seed=0)
+    return mesh, model, state, train_step
+
+
+def _batch(mesh, seed=0, dtype=np.float32, batch=BATCH):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+    # Class-dependent mean so that the batch is learnable.
+    images = rng.normal(size=(batch, SIZE, SIZE, 3)) + labels[:, None, None, None] * 0.5
+    return jax.device_put({"images": images.astype(dtype), "labels": labels},
+                          NamedSharding(mesh, P("data")))
+
+
+def test_loss_falls_over_a_few_steps():
+    mesh, _, state, train_step = _setup(1)
+    batch = _batch(mesh)
+    losses = []
+    for _ in range(8):
+        state, metrics = train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert int(state.step) == 8
+
+
+def test_fp16_overflow_skips_update_and_halves_scale():
+    mesh, _, state, train_step = _setup(1, dtype=jnp.float16, fp16=True)
+    batch = _batch(mesh, dtype=np.float16)
+    state, metrics = train_step(state, batch)  # a finite step first, so momentum is non-zero
+    assert float(metrics["grads_finite"]) == 1.0
+    before = jax.device_get(state)
+    # A scale near the fp32 maximum makes the scaled loss and gradients overflow.
+    state = state.replace(loss_scale=jnp.asarray(3e38, jnp.float32))
+    state, metrics = train_step(state, batch)
+    after = jax.device_get(state)
+    assert float(metrics["grads_finite"]) == 0.0
+    for name in ("params", "batch_stats", "opt_state"):
+        jax.tree.map(np.testing.assert_array_equal, getattr(after, name), getattr(before, name))
+    assert float(after.loss_scale) == pytest.approx(1.5e38)
+    assert int(after.step) == int(before.step) + 1 and int(after.good_steps) == 0
+
+
+def test_loss_scale_doubles_after_growth_interval_finite_steps():
+    scale, good = jnp.float32(8.0), jnp.int32(0)
+    for expected_scale in (8.0, 8.0, 16.0):
+        scale, good = precision.update_loss_scale(scale, good, jnp.bool_(True),
+                                                  growth_interval=3, enabled=True)
+        assert float(scale) == expected_scale
+    assert int(good) == 0
+    scale, good = precision.update_loss_scale(scale, good, jnp.bool_(False),
+                                              growth_interval=3, enabled=True)
+    assert float(scale) == 8.0
+
+
+def test_global_bn_on_8_devices_equals_one_device():
+    results = []
+    for num_devices in (1, 8):
+        mesh, _, state, train_step = _setup(num_devices, sync_bn=True)
+        for seed in range(2):
+            state, metrics = train_step(state, _batch(mesh, seed))
+        results.append(jax.device_get((state.params, state.batch_stats, metrics["loss"])))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), *results)
+
+
+def test_per_device_bn_matches_per_shard_reference():
+    """Default BN: each device normalizes its own 4 images; grads and stats are averaged."""
+    # Without zero-gamma blocks every parameter gets a gradient on the first step.
+    mesh, model, state, train_step = _setup(8, wd=0.0, zero_init_last_bn=False)
+    batch = _batch(mesh, batch=32)
+    params, batch_stats = jax.device_get((state.params, state.batch_stats))
+    images, labels = np.asarray(batch["images"]), np.asarray(batch["labels"])
+
+    def shard_loss(p, x, y):
+        logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                      mutable=["batch_stats"])
+        targets = step_lib.smoothed_targets(y, NUM_CLASSES, 0.1)
+        return step_lib.cross_entropy(logits, targets), updates["batch_stats"]
+
+    grads, stats = [], []
+    for x, y in zip(np.split(images, 8), np.split(labels, 8), strict=True):
+        g, s = jax.grad(shard_loss, has_aux=True)(params, x, y)
+        grads.append(g)
+        stats.append(s)
+    mean = lambda trees: jax.tree.map(lambda *xs: np.mean(xs, axis=0), *trees)  # noqa: E731
+    new_state, _ = train_step(state, batch)
+    new_params, new_stats = jax.device_get((new_state.params, new_state.batch_stats))
+    # First SGD step from zero momentum and no decay is p - lr * g: recover g.
+    applied = jax.tree.map(lambda new, old: (old - new) / 0.05, new_params, params)
+    expected = mean(grads)
+    # Tiny per-device BN batches amplify float32 rounding to ~1e-3 of a leaf's largest
+    # gradient; BN over the global batch instead would be off by far more.
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(applied)[0],
+                            jax.tree.leaves(expected), strict=True):
+        error = np.abs(a - b).max() / np.abs(b).max()
+        assert error < 2e-3, (jax.tree_util.keystr(path), error)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 new_stats, mean(stats))
+
+
+def test_mixup_mixes_images_and_targets_with_one_weight():
+    images = jnp.arange(4.0).reshape(4, 1, 1, 1)
+    targets = jax.nn.one_hot(jnp.arange(4), 4)
+    mixed, mixed_targets = step_lib.mixup(jax.random.key(1), images, targets, 0.2)
+    lam = float(mixed_targets[0, 0])
+    assert 0 < lam < 1
+    np.testing.assert_allclose(mixed[:, 0, 0, 0], lam * images[:, 0, 0, 0]
+                               + (1 - lam) * images[::-1, 0, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(mixed_targets.sum(-1), 1.0, rtol=1e-6)
