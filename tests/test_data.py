@@ -1,0 +1,271 @@
+"""Data: folder scanning, DALI pipelines on the CPU (1 and 8 devices) and the demo data set."""
+
+import collections
+import os
+import re
+import subprocess
+import sys
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+from PIL import Image
+import pytest
+
+from resnet_jax import config as config_lib
+from resnet_jax.data import dali, demo
+from resnet_jax.data.folders import Split, check_num_classes, scan_split
+from resnet_jax.errors import ConfigError
+
+NUM_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, IMAGE_SIZE = 3, 7, 5, 40
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A tiny demo tree: 3 classes, 21 train and 15 val images of 40x40."""
+    path = str(tmp_path_factory.mktemp("demo"))
+    return demo.make_demo_dataset(path, num_classes=NUM_CLASSES,
+                                  train_per_class=TRAIN_PER_CLASS,
+                                  val_per_class=VAL_PER_CLASS, image_size=IMAGE_SIZE)
+
+
+def mesh_of(num_devices):
+    """A one-axis 'data' mesh over the first `num_devices` (simulated) CPU devices."""
+    assert jax.device_count() >= num_devices, "run with --xla_force_host_platform_device_count=8"
+    return jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+
+
+def train(split, mesh, *, batch=8, size=32, dtype=np.float32, seed=0):
+    return dali.train_iterator(split, global_batch_size=batch, image_size=size, image_dtype=dtype,
+                               mesh=mesh, seed=seed, backend="dali_cpu", num_threads=2)
+
+
+def evaluate(split, mesh, *, batch=8, resize=36, size=32, dtype=np.float32):
+    return dali.eval_iterator(split, global_batch_size=batch, resize_size=resize,
+                              image_size=size, image_dtype=dtype, mesh=mesh,
+                              backend="dali_cpu", num_threads=2)
+
+
+def masked_labels(batches):
+    """Labels of the rows whose mask is True, in batch order."""
+    labels = []
+    for batch in batches:
+        labels.extend(np.asarray(batch["labels"])[np.asarray(batch["mask"])].tolist())
+    return labels
+
+
+# --- folders ---------------------------------------------------------------------------------
+
+
+def test_scan_split_demo_tree(root):
+    train_split, val_split = scan_split(root, "train"), scan_split(root, "val")
+    assert train_split.class_names == demo.class_names(NUM_CLASSES)
+    assert val_split.class_names == train_split.class_names
+    assert len(train_split) == NUM_CLASSES * TRAIN_PER_CLASS
+    assert len(val_split) == NUM_CLASSES * VAL_PER_CLASS
+    assert val_split.labels.dtype == np.int32
+    np.testing.assert_array_equal(val_split.labels,
+                                  np.repeat(np.arange(NUM_CLASSES), VAL_PER_CLASS))
+    for path, label in zip(val_split.files, val_split.labels, strict=True):
+        assert os.path.basename(os.path.dirname(path)) == val_split.class_names[label]
+
+
+def test_scan_split_sorting_and_extensions(tmp_path):
+    for name in ["b", "a/x2.JPG", "a/x1.jpeg", "a/notes.txt", "a/._x3.JPEG", "c/y.PNG",
+                 "c/z.webp", "c/w.tiff", "b/q.Bmp"]:
+        path = tmp_path / "train" / name
+        if "." in name:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+        else:
+            path.mkdir(parents=True)
+    split = scan_split(str(tmp_path), "train")
+    assert split.class_names == ["a", "b", "c"]
+    names = [os.path.relpath(f, tmp_path / "train") for f in split.files]
+    assert names == ["a/x1.jpeg", "a/x2.JPG", "b/q.Bmp", "c/w.tiff", "c/y.PNG", "c/z.webp"]
+    assert split.labels.tolist() == [0, 0, 1, 2, 2, 2]
+
+
+def test_scan_split_errors(tmp_path):
+    def fails(path, message):
+        with pytest.raises(ConfigError, match=re.escape(f"'{path}' {message}")) as error:
+            scan_split(str(tmp_path if path != missing else missing), "train")
+        # One line, with the layout that was expected.
+        assert "\n" not in str(error.value) and "/train/<class>/<image>.JPEG" in str(error.value)
+
+    missing = tmp_path / "nope"
+    fails(missing, "does not exist")
+    fails(tmp_path, "has no train/ folder")
+    (tmp_path / "train").mkdir()
+    fails(tmp_path / "train", "has no class folders")
+    for name in "n01/a.JPEG", "n02/readme.txt":
+        (tmp_path / "train" / name).parent.mkdir()
+        (tmp_path / "train" / name).write_bytes(b"")
+    fails(tmp_path / "train" / "n02", "has no images")
+
+
+def test_check_num_classes():
+    names = ["a", "b", "c"]
+    check_num_classes(names, 3, "/data")
+    check_num_classes(names, 1000, "/data")  # more model outputs than folders is fine
+    with pytest.raises(ConfigError, match=r"'/data' has 3 class.*--config.num_classes=3"):
+        check_num_classes(names, 2, "/data")
+
+
+# --- DALI on the CPU -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_train_iterator_8_devices(root, dtype):
+    split = scan_split(root, "train")
+    mesh = mesh_of(8)
+    stream = train(split, mesh, dtype=dtype)
+    steps = config_lib.steps_per_epoch(len(split), 8)
+    assert steps == 2
+    for _ in range(3 * steps + 1):  # past several epochs
+        batch = next(stream)
+        images, labels = batch["images"], batch["labels"]
+        assert images.shape == (8, 32, 32, 3) and images.dtype == dtype
+        assert labels.shape == (8,) and labels.dtype == np.int32
+        for array in images, labels:
+            assert array.sharding == NamedSharding(mesh, P("data"))
+            assert {s.data.shape[0] for s in array.addressable_shards} == {1}
+        labels = np.asarray(labels)
+        assert ((labels >= 0) & (labels < NUM_CLASSES)).all()
+        pixels = np.asarray(images, np.float32)
+        assert np.isfinite(pixels).all()
+        assert -3 < pixels.mean() < 3 and 0.1 < pixels.std() < 3
+        # The range of (0 - mean) / std .. (255 - mean) / std over the channels.
+        assert pixels.min() >= -2.2 and pixels.max() <= 2.7
+
+
+def test_train_iterator_1_device_and_seed(root):
+    split = scan_split(root, "train")
+    first = [np.asarray(next(train(split, mesh_of(1), seed=s))["images"]) for s in (3, 3, 4)]
+    assert first[0].shape == (8, 32, 32, 3)
+    np.testing.assert_array_equal(first[0], first[1])  # same seed, same batch
+    assert not np.array_equal(first[0], first[2])
+
+
+def test_train_iterator_errors(root):
+    split = scan_split(root, "train")
+    with pytest.raises(ConfigError, match="21 images, fewer than one global batch of 32"):
+        train(split, mesh_of(8), batch=32)
+    with pytest.raises(ConfigError, match="batch size 12 is not divisible by the 8 devices"):
+        train(split, mesh_of(8), batch=12)
+    with pytest.raises(ConfigError, match="use float16 or float32"):
+        train(split, mesh_of(1), dtype=jax.numpy.bfloat16)
+    with pytest.raises(ConfigError, match="'dali_tpu' is unknown"):
+        dali.train_iterator(split, global_batch_size=8, image_size=32, image_dtype=np.float32,
+                            mesh=mesh_of(1), seed=0, backend="dali_tpu", num_threads=1)
+
+
+@pytest.mark.parametrize("num_devices", [8, 1])
+def test_eval_iterator_counts_each_image_once(root, num_devices):
+    split = scan_split(root, "val")  # 15 images: not a multiple of the batch of 8
+    mesh = mesh_of(num_devices)
+    data = evaluate(split, mesh, dtype=np.float16)
+    assert (data.num_batches, data.num_images, len(data)) == (2, 15, 2)
+    for _ in range(2):  # a second pass gives the same
+        batches = list(data)
+        assert len(batches) == 2
+        for batch in batches:
+            assert batch["images"].shape == (8, 32, 32, 3)
+            assert batch["images"].dtype == np.float16
+            assert batch["mask"].dtype == bool and batch["labels"].dtype == np.int32
+            for array in batch.values():
+                assert array.sharding == NamedSharding(mesh, P("data"))
+            assert np.isfinite(np.asarray(batch["images"], np.float32)).all()
+        assert sum(int(np.asarray(b["mask"]).sum()) for b in batches) == len(split)
+        labels = masked_labels(batches)
+        assert collections.Counter(labels) == collections.Counter(split.labels.tolist())
+        assert labels == split.labels.tolist()  # in file order, too
+
+
+def test_eval_iterator_restarts_after_break(root):
+    split = scan_split(root, "val")
+    data = evaluate(split, mesh_of(8))
+    for _ in data:
+        break
+    assert masked_labels(data) == split.labels.tolist()
+
+
+def test_eval_iterator_errors(root):
+    split = scan_split(root, "val")
+    with pytest.raises(ConfigError, match="resize size 28 is smaller than the crop size 32"):
+        evaluate(split, mesh_of(1), resize=28)
+    with pytest.raises(ConfigError, match="batch size 4 is not divisible by the 8 devices"):
+        evaluate(split, mesh_of(8), batch=4)
+
+
+@pytest.mark.parametrize("num_images", [1, 7, 15, 16, 17, 40])
+@pytest.mark.parametrize("num_shards,batch", [(1, 8), (2, 4), (3, 2), (8, 1), (16, 1)])
+def test_eval_shards_cover_each_image_once(num_images, num_shards, batch):
+    # The plan used for several processes (dali_cpu) or devices (dali_gpu), checked without them.
+    split = Split(files=[f"{i}.JPEG" for i in range(num_images)],
+                  labels=np.arange(num_images, dtype=np.int32), class_names=["x"])
+    bounds = dali.shard_bounds(num_images, num_shards)
+    num_batches = max(1, -(-max(e - s for s, e in bounds) // batch))
+    seen = []
+    for start, end in bounds:
+        shard = dali._EvalShard(split, start, end, num_batches * batch)
+        assert len(shard.files) == len(shard.labels) == num_batches * batch
+        mask = np.concatenate([shard.mask(step, batch) for step in range(num_batches)])
+        seen.extend(np.asarray(shard.labels)[mask].tolist())
+        assert all(f in split.files for f in shard.files)
+    assert seen == list(range(num_images))
+
+
+def test_grayscale_and_cmyk_decode_to_rgb(root):
+    split = scan_split(root, "train")
+    modes = {f: Image.open(f).mode for f in split.files}
+    odd = [i for i, f in enumerate(split.files) if modes[f] != "RGB"]
+    assert sorted(modes[split.files[i]] for i in odd) == ["CMYK", "L", "L", "L"]
+    # Resize to the image's own size and crop all of it: the decoded pixels themselves.
+    data = evaluate(split, mesh_of(8), resize=IMAGE_SIZE, size=IMAGE_SIZE)
+    images = np.concatenate([np.asarray(b["images"]) for b in data])[:len(split)]
+    assert images.shape == (len(split), IMAGE_SIZE, IMAGE_SIZE, 3)
+    pixels = images * np.array(dali.STD) + np.array(dali.MEAN)
+    for i in odd:
+        expected = np.asarray(Image.open(split.files[i]).convert("RGB"), np.float32)
+        assert np.abs(pixels[i] - expected).mean() < 3, (split.files[i], modes[split.files[i]])
+    # And a training pass over every image, all of them through the random-crop decoder.
+    stream = train(split, mesh_of(8))
+    for _ in range(3 * config_lib.steps_per_epoch(len(split), 8)):
+        assert next(stream)["images"].shape == (8, 32, 32, 3)
+
+
+# --- demo data set ---------------------------------------------------------------------------
+
+
+def count_images(path):
+    return sum(len(files) for _, _, files in os.walk(path) if files) - 1  # minus the marker
+
+
+def test_demo_cli_is_idempotent(tmp_path):
+    out = str(tmp_path / "demo")
+    args = ["--out", out, "--num-classes", "4", "--train-per-class", "3", "--val-per-class",
+            "2", "--image-size", "24"]
+    assert demo.main(args) == 0
+    assert count_images(out) == 4 * (3 + 2)
+    assert len(os.listdir(os.path.join(out, "train"))) == 4
+    stamp = {f: os.stat(os.path.join(d, f)).st_mtime_ns
+             for d, _, files in os.walk(out) for f in files}
+    run = subprocess.run([sys.executable, "-m", "resnet_jax.data.demo", *args],
+                         capture_output=True, text=True, check=True)
+    assert "already there" in run.stdout
+    assert stamp == {f: os.stat(os.path.join(d, f)).st_mtime_ns
+                     for d, _, files in os.walk(out) for f in files}
+    # Other parameters redraw it in place.
+    assert demo.main([*args[:-1], "32"]) == 0
+    assert count_images(out) == 4 * (3 + 2)
+    assert Image.open(scan_split(out, "val").files[0]).size == (32, 32)
+
+
+def test_demo_refuses_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="is not a demo data set"):
+        demo.make_demo_dataset(str(tmp_path), num_classes=2, train_per_class=2, val_per_class=1,
+                               image_size=16)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
