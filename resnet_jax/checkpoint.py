@@ -58,7 +58,12 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta),
         ))
 
-    def restore(self, state: TrainState, sharding) -> tuple[TrainState, dict]:
+    def latest_meta(self) -> dict:
+        """The metadata of the latest checkpoint (read before restoring, to check it fits)."""
+        return self._manager.restore(self._manager.latest_step(), args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, state: TrainState, sharding) -> TrainState:
         """The latest checkpoint, shaped like `state` and placed with `sharding`."""
         step = self._manager.latest_step()
         abstract = _with_sharding(jax.eval_shape(lambda s: s, state), sharding)
@@ -69,11 +74,9 @@ class Checkpointer:
                                             "opt_state": abstract.opt_state,
                                             "loss_scale": abstract.loss_scale,
                                             "good_steps": abstract.good_steps}),
-            meta=ocp.args.JsonRestore(),
         ))
         model, train = restored["model"], restored["train"]
-        return state.replace(params=model["params"], batch_stats=model["batch_stats"],
-                             **train), restored["meta"]
+        return state.replace(params=model["params"], batch_stats=model["batch_stats"], **train)
 
     def wait(self) -> None:
         """Blocks until the last save is on disk."""

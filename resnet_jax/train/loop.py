@@ -152,8 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "eval_image_size": config.eval_image_size, "precision": config.precision}
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     if ckpt.latest_step() is not None:
-        state, saved = ckpt.restore(state, replicated)
-        _check_compatible(saved, config, f"the checkpoint in {ckpt.directory!r}")
+        _check_compatible(ckpt.latest_meta(), config, f"the checkpoint in {ckpt.directory!r}")
+        state = ckpt.restore(state, replicated)
         reporting.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
     start_step = int(jax.device_get(state.step))
 

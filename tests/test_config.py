@@ -1,0 +1,85 @@
+"""The configuration: recipe values, presets, derived sizes and start-up errors."""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+import pytest
+
+from resnet_jax import config as config_lib
+from resnet_jax.errors import ConfigError
+
+RECIPE = pathlib.Path(__file__).parents[1] / "configs" / "resnet50_v15.py"
+
+
+def _load(preset=""):
+    spec = importlib.util.spec_from_file_location("recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
+
+
+def test_resnet50_recipe_values_are_nvidias():
+    config = _load()
+    assert config.arch == "resnet50_v15" and config.num_epochs == 90
+    assert config.per_device_batch_size == 256 and config.warmup_epochs == 8
+    assert config.base_learning_rate == 0.256 and config.momentum == 0.875
+    assert not config.nesterov and config.label_smoothing == 0.1
+    assert config.weight_decay == 1 / 32768 and config.mixup_alpha == 0
+    assert (config.image_size, config.eval_resize_size, config.eval_image_size) == (224, 256, 224)
+    assert config_lib.learning_rate(config, 8 * 256) == pytest.approx(2.048)
+
+
+@pytest.mark.parametrize("preset, epochs, mixup", [("50", 50, 0.0), ("90", 90, 0.0),
+                                                   ("250", 250, 0.2)])
+def test_presets_set_epochs_and_mixup(preset, epochs, mixup):
+    config = _load(preset)
+    assert config.num_epochs == epochs and config.mixup_alpha == mixup
+
+
+def test_global_batch_size_overrides_per_device_and_must_divide():
+    config = _load()
+    assert config_lib.global_batch_size(config, 8) == 2048
+    config.global_batch_size = 1024
+    assert config_lib.global_batch_size(config, 8) == 1024
+    with pytest.raises(ConfigError, match="global_batch_size=1024 is not divisible by the 3"):
+        config_lib.global_batch_size(config, 3)
+
+
+def _valid(tmp_path) -> ml_collections.ConfigDict:
+    config = _load()
+    config.data.root = str(tmp_path)
+    return config
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("arch", "resnet51", r"arch 'resnet51' is not supported: use one of resnet50_v15"),
+    ("precision", "fp8", r"precision 'fp8' is not supported: use one of fp32, tf32, bf16, fp16"),
+    ("data.backend", "pil", r"data.backend 'pil' is not supported: use one of dali_gpu"),
+    ("mode", "test", r"mode 'test' is not supported: use one of train, eval"),
+])
+def test_bad_choice_names_value_and_fix(tmp_path, field, value, message):
+    config = _valid(tmp_path)
+    parent, _, name = field.rpartition(".")
+    (config[parent] if parent else config)[name] = value
+    with pytest.raises(ConfigError, match=message):
+        config_lib.validate(config)
+
+
+def test_missing_or_unset_data_root_names_it(tmp_path):
+    config = _valid(tmp_path)
+    config_lib.validate(config)
+    config.data.root = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"data.root '.*nowhere' does not exist"):
+        config_lib.validate(config)
+    config.data.root = ""
+    with pytest.raises(ConfigError, match=r"data.root is not set: pass --config.data.root=DIR"):
+        config_lib.validate(config)
+    config.data.backend = "synthetic"
+    config_lib.validate(config)
+
+
+def test_training_set_smaller_than_a_batch_is_an_error():
+    assert config_lib.steps_per_epoch(1000, 256) == 3
+    with pytest.raises(ConfigError, match="200 images, fewer than one global batch of 256"):
+        config_lib.steps_per_epoch(200, 256)

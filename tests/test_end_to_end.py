@@ -1,0 +1,90 @@
+"""The command line end to end: train with DALI on a generated JPEG tree, resume, evaluate.
+
+Runs `python -m resnet_jax.main` as a user would, on 8 simulated CPU devices
+(XLA_FLAGS from conftest.py is inherited), with the tiny model.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from resnet_jax.data.demo import make_demo_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_demo_dataset(str(root), num_classes=3, train_per_class=11, val_per_class=5,
+                      image_size=40, seed=1)
+    return str(root)
+
+
+def _run(workdir, data_root, *overrides):
+    command = [sys.executable, "-m", "resnet_jax.main", f"--config={RECIPE}",
+               f"--workdir={workdir}", "--config.arch=resnet_tiny", "--config.num_classes=3",
+               f"--config.data.root={data_root}", "--config.data.backend=dali_cpu",
+               "--config.image_size=32", "--config.eval_resize_size=36",
+               "--config.eval_image_size=32", "--config.per_device_batch_size=1",
+               "--config.warmup_epochs=1", "--config.log_every_steps=2",
+               "--config.data.num_threads=1", *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return result, result.stdout + result.stderr
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path, data_root):
+    workdir = str(tmp_path / "run")
+    result, output = _run(workdir, data_root, "--config.num_epochs=2", "--config.precision=fp16")
+    assert result.returncode == 0, output
+    # 33 images, global batch 8 (8 devices x 1): 4 steps per epoch.
+    assert "4 steps/epoch" in output and "img/s" in output and "ETA" in output
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+    assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    records = _records(workdir)
+    train = [r for r in records if "train/loss" in r]
+    evals = [r for r in records if "eval/top1" in r]
+    assert [r["step"] for r in train] == [2, 4, 6, 8]
+    assert {"train/learning_rate", "train/images_per_sec", "train/loss_scale"} <= set(train[0])
+    assert [r["step"] for r in evals] == [4, 8]
+    assert all(r["eval/images"] == 15 for r in evals)  # every val image, exactly once
+
+    result, output = _run(workdir, data_root, "--config.num_epochs=3", "--config.precision=fp16")
+    assert result.returncode == 0, output
+    assert "resumed from" in output and "at step 8" in output
+    steps = [r["step"] for r in _records(workdir) if "train/loss" in r]
+    assert steps == [2, 4, 6, 8, 10, 12]  # resumed at 8, not from scratch
+    assert "12" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+    result, output = _run(workdir, data_root, "--config.mode=eval", "--config.num_epochs=3")
+    assert result.returncode == 0, output
+    assert "(step 12, resnet_tiny)" in output and "on 15 images" in output
+    last_eval = [r for r in _records(workdir) if "eval/top1" in r][-1]
+    assert f"top1 {100 * last_eval['eval/top1']:.2f}%" in output  # same weights, same result
+
+
+def test_bad_value_stops_with_one_line_and_nonzero_exit(tmp_path, data_root):
+    result, output = _run(str(tmp_path / "run"), data_root, "--config.arch=resnet51")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: arch 'resnet51'")
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_resume_with_another_arch_names_both(tmp_path, data_root):
+    workdir = str(tmp_path / "run")
+    one_epoch = ("--config.num_epochs=1", "--config.warmup_epochs=0")
+    result, output = _run(workdir, data_root, *one_epoch)
+    assert result.returncode == 0, output
+    result, output = _run(workdir, data_root, *one_epoch, "--config.arch=resnet50_v15")
+    assert result.returncode == 2
+    assert "holds arch='resnet_tiny' but the config has arch='resnet50_v15'" in output
