@@ -38,6 +38,15 @@ def _run(workdir, data_root, *overrides):
     return result, result.stdout + result.stderr
 
 
+def _tensorboard_tags(workdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    (events,) = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    accumulator = event_accumulator.EventAccumulator(events)
+    accumulator.Reload()
+    return set(accumulator.Tags()["tensors"])
+
+
 def _records(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -50,7 +59,8 @@ def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path,
     # 33 images, global batch 8 (8 devices x 1): 4 steps per epoch.
     assert "4 steps/epoch" in output and "img/s" in output and "ETA" in output
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
-    assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    assert {"train/loss", "train/top1", "train/learning_rate", "train/images_per_sec",
+            "train/loss_scale", "eval/loss", "eval/top1", "eval/top5"} <= _tensorboard_tags(workdir)
     records = _records(workdir)
     train = [r for r in records if "train/loss" in r]
     evals = [r for r in records if "eval/top1" in r]
@@ -66,11 +76,22 @@ def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path,
     assert steps == [2, 4, 6, 8, 10, 12]  # resumed at 8, not from scratch
     assert "12" in os.listdir(os.path.join(workdir, "checkpoints"))
 
-    result, output = _run(workdir, data_root, "--config.mode=eval", "--config.num_epochs=3")
+    # Evaluated in the precision it was trained and evaluated in, the result is the same.
+    result, output = _run(workdir, data_root, "--config.mode=eval", "--config.precision=fp16")
     assert result.returncode == 0, output
     assert "(step 12, resnet_tiny)" in output and "on 15 images" in output
     last_eval = [r for r in _records(workdir) if "eval/top1" in r][-1]
-    assert f"top1 {100 * last_eval['eval/top1']:.2f}%" in output  # same weights, same result
+    assert f"top1 {100 * last_eval['eval/top1']:.2f}%" in output
+
+    # An older checkpoint, named by its step folder, from outside the workdir.
+    step_8 = os.path.join(workdir, "checkpoints", "8")
+    result, output = _run(str(tmp_path / "elsewhere"), data_root, "--config.mode=eval",
+                          "--config.precision=fp16", f"--config.checkpoint={step_8}")
+    assert result.returncode == 0, output
+    assert "(step 8, resnet_tiny)" in output
+    eval_at_8 = [r for r in _records(workdir) if "eval/top1" in r][1]
+    assert eval_at_8["step"] == 8
+    assert f"top1 {100 * eval_at_8['eval/top1']:.2f}%" in output
 
 
 def test_bad_value_stops_with_one_line_and_nonzero_exit(tmp_path, data_root):

@@ -118,7 +118,9 @@ def _mean_metrics(history: list[dict]) -> dict:
 
 def _prepare(config) -> None:
     config_lib.validate(config)
-    jax.config.update("jax_default_matmul_precision", precision.matmul_precision(config.precision))
+    matmul_precision = precision.matmul_precision(config.precision)
+    if matmul_precision:
+        jax.config.update("jax_default_matmul_precision", matmul_precision)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

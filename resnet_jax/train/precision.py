@@ -23,10 +23,13 @@ def image_dtype(precision: str):
     return jnp.float32 if compute_dtype(precision) == jnp.float32 else jnp.float16
 
 
-def matmul_precision(precision: str) -> str:
-    """jax_default_matmul_precision for the run: exact fp32 unless TF32 is asked for."""
-    # On Ampere and newer GPUs, XLA's default precision for fp32 dot/conv is TF32.
-    return "tensorfloat32" if precision == "tf32" else "highest"
+def matmul_precision(precision: str) -> str | None:
+    """jax_default_matmul_precision for an fp32 run; None (XLA's default) for fp16/bf16.
+
+    On Ampere and newer GPUs XLA computes fp32 dots and convolutions in TF32 by
+    default, so `fp32` asks for full precision and `tf32` for TF32 explicitly.
+    """
+    return {"fp32": "highest", "tf32": "tensorfloat32"}.get(precision)
 
 
 def all_finite(tree) -> jax.Array:
