@@ -118,11 +118,9 @@ def read_meta(path: str) -> tuple[dict, int]:
     return meta, step
 
 
-def restore_model(path: str, abstract_variables, sharding) -> tuple[dict, dict, int]:
-    """({'params', 'batch_stats'}, meta, step) from the checkpoint at `path`."""
-    directory, step = _resolve(path)
+def restore_model(path: str, step: int, abstract_variables, sharding) -> dict:
+    """{'params', 'batch_stats'} of checkpoint `step` at `path` (see `read_meta`)."""
+    directory, _ = _resolve(path)
     restored = _manager(directory, read_only=True).restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(_with_sharding(abstract_variables, sharding)),
-        meta=ocp.args.JsonRestore(),
-    ))
-    return restored["model"], restored["meta"], step
+        model=ocp.args.StandardRestore(_with_sharding(abstract_variables, sharding))))
+    return restored["model"]

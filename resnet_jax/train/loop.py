@@ -60,8 +60,9 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
     folders.check_num_classes(train.class_names, config.num_classes, config.data.root)
     if with_train and val.class_names != train.class_names:
         raise ConfigError(
-            f"data.root {config.data.root!r}: val/ has classes {len(val.class_names)} that differ "
-            f"from train/ ({len(train.class_names)}): both need the same class folders"
+            f"data.root {config.data.root!r}: val/ has {len(val.class_names)} class folders and "
+            f"train/ has {len(train.class_names)}, or their names differ: both need the same "
+            "class folders"
         )
     return Data(
         num_train_images=len(train),
@@ -182,39 +183,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   global_batch_size=train_batch)
     history, eval_metrics = [], {}
     compile_start = time.perf_counter()
-    for step in range(start_step + 1, total_steps + 1):
-        state, metrics = train_step(state, next(batches))
-        history.append(metrics)
-        if step == start_step + 1:
-            jax.block_until_ready(metrics)
-            reporting.log(f"first step (compilation included) took "
-                          f"{time.perf_counter() - compile_start:.1f}s")
-            progress.reset(step)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            summary = _mean_metrics(history)
-            speed = progress.mark(step)
-            history = []
-            writer.write_scalars(step, {**{f"train/{k}": v for k, v in summary.items()},
-                                        "train/images_per_sec": speed["images_per_sec"]})
-            reporting.log(progress.line(step, step / steps_per_epoch, config.num_epochs,
-                                        summary, speed))
-        if step % steps_per_epoch:
-            continue
-        epoch = step // steps_per_epoch
-        with progress.pause():
-            if data.eval is not None and (epoch % config.eval_every_epochs == 0
-                                          or step == total_steps):
-                eval_metrics = evaluate(eval_step, state.params, state.batch_stats, data.eval)
-                writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                reporting.log(f"eval epoch {epoch}: loss {eval_metrics['loss']:.4f} "
-                              f"top1 {100 * eval_metrics['top1']:.2f}% "
-                              f"top5 {100 * eval_metrics['top5']:.2f}% "
-                              f"({eval_metrics['images']} images)")
-            if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
-                ckpt.save(state, {**meta, "epoch": epoch})
-    ckpt.close()
-    writer.flush()
-    writer.close()
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            history.append(metrics)
+            if step == start_step + 1:
+                jax.block_until_ready(metrics)
+                reporting.log(f"first step (compilation included) took "
+                              f"{time.perf_counter() - compile_start:.1f}s")
+                progress.reset(step)
+            if step % config.log_every_steps == 0 or step == total_steps:
+                summary = _mean_metrics(history)
+                speed = progress.mark(step)
+                history = []
+                writer.write_scalars(step, {**{f"train/{k}": v for k, v in summary.items()},
+                                            "train/images_per_sec": speed["images_per_sec"]})
+                reporting.log(progress.line(step, step / steps_per_epoch, config.num_epochs,
+                                            summary, speed))
+            if step % steps_per_epoch:
+                continue
+            epoch = step // steps_per_epoch
+            with progress.pause():
+                if data.eval is not None and (epoch % config.eval_every_epochs == 0
+                                              or step == total_steps):
+                    eval_metrics = evaluate(eval_step, state.params, state.batch_stats, data.eval)
+                    writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                    reporting.log(f"eval epoch {epoch}: {_format_eval(eval_metrics)}")
+                if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+                    ckpt.save(state, {**meta, "epoch": epoch})
+    finally:
+        # Also on an error: pending checkpoint writes finish, metrics reach the disk.
+        ckpt.close()
+        writer.close()
     return eval_metrics
 
 
@@ -238,13 +238,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     abstract = jax.eval_shape(functools.partial(state_lib.init_variables, model,
                                                 image_size=config.eval_image_size),
                               jax.random.key(0))
-    variables, _, step = checkpoint.restore_model(path, abstract, parallel.replicated(mesh))
+    variables = checkpoint.restore_model(path, step, abstract, parallel.replicated(mesh))
     metrics = evaluate(step_lib.make_eval_step(model, mesh), variables["params"],
                        variables["batch_stats"], data.eval)
-    reporting.log(f"eval of {path} (step {step}, {config.arch}): "
-                  f"top1 {100 * metrics['top1']:.2f}% top5 {100 * metrics['top5']:.2f}% "
-                  f"loss {metrics['loss']:.4f} on {metrics['images']} images")
+    reporting.log(f"eval of {path} (step {step}, {config.arch}): {_format_eval(metrics)}")
     return metrics
+
+
+def _format_eval(metrics: dict) -> str:
+    return (f"top1 {100 * metrics['top1']:.2f}% top5 {100 * metrics['top5']:.2f}% "
+            f"loss {metrics['loss']:.4f} on {metrics['images']} images")
 
 
 def _flatten(tree: dict, prefix: str = ""):
