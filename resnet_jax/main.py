@@ -53,5 +53,19 @@ def main(argv):
         sys.exit(2)
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a one-line error for a config field that does not exist."""
+    try:
+        return FLAGS(argv)
+    except AttributeError as error:
+        # ml_collections reports `--config.num_epoch=5` as AttributeError with a suggestion.
+        cause = error.args[0] if error.args else error
+        text = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
+        detail = " ".join(str(text).split())
+        print(f"error: unknown config field {detail} (fields: resnet_jax/config.py)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -94,10 +94,15 @@ def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path,
     assert f"top1 {100 * eval_at_8['eval/top1']:.2f}%" in output
 
 
-def test_bad_value_stops_with_one_line_and_nonzero_exit(tmp_path, data_root):
-    result, output = _run(str(tmp_path / "run"), data_root, "--config.arch=resnet51")
+@pytest.mark.parametrize("override, message", [
+    ("--config.arch=resnet51", "error: arch 'resnet51' is not supported: use one of"),
+    ("--config.num_epoch=5", "error: unknown config field 'num_epoch' Did you mean \"num_epochs\""),
+])
+def test_bad_value_stops_with_one_line_and_nonzero_exit(tmp_path, data_root, override, message):
+    result, _ = _run(str(tmp_path / "run"), data_root, override)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: arch 'resnet51'")
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith(message)
     assert not os.path.exists(tmp_path / "run")
 
 
