@@ -52,6 +52,20 @@ def test_loss_falls_over_a_few_steps():
     assert int(state.step) == 8
 
 
+def test_train_and_eval_steps_copy_nothing_between_host_and_device():
+    mesh, model, state, train_step = _setup(2)
+    batch = _batch(mesh)
+    eval_batch = dict(batch, mask=jax.device_put(np.ones(BATCH, bool),
+                                                 NamedSharding(mesh, P("data"))))
+    eval_step = step_lib.make_eval_step(model, mesh)
+    with jax.transfer_guard("disallow"):
+        for _ in range(2):
+            state, metrics = train_step(state, batch)
+        sums = eval_step(state.params, state.batch_stats, eval_batch)
+    assert int(jax.device_get(sums["count"])) == BATCH
+    assert np.isfinite(jax.device_get(metrics["loss"]))
+
+
 def test_fp16_overflow_skips_update_and_halves_scale():
     mesh, _, state, train_step = _setup(1, dtype=jnp.float16, fp16=True)
     batch = _batch(mesh, dtype=np.float16)

@@ -1,0 +1,75 @@
+"""Orbax checkpoints: an exact round trip of the training state, and restore for eval."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import checkpoint, models, parallel
+from resnet_jax.errors import ConfigError
+from resnet_jax.train import optimizer
+from resnet_jax.train import state as state_lib
+
+
+@functools.cache
+def _factory(num_devices):
+    """(mesh, model, jitted state constructor): compiled once per device count."""
+    mesh = parallel.make_mesh(jax.devices()[:num_devices])
+    model = models.create("resnet_tiny", num_classes=4)
+    tx = optimizer.create(optimizer.warmup_cosine(0.1, 1, 10), momentum=0.875, nesterov=False,
+                          weight_decay=1e-4)
+    create = jax.jit(lambda key: state_lib.create(model, tx, key, image_size=32, loss_scale=8.0),
+                     out_shardings=parallel.replicated(mesh))
+    return mesh, model, create
+
+
+def _state(num_devices, seed):
+    mesh, model, create = _factory(num_devices)
+    state = create(jax.random.key(seed))
+    # Non-trivial optimizer state and counters, so that the round trip checks them too.
+    opt_state = jax.tree.map(lambda x: x + 0.5 + seed, state.opt_state)
+    assert jax.tree.leaves(opt_state)  # the momentum buffers
+    return mesh, model, state.replace(step=jnp.int32(7 + seed), opt_state=opt_state,
+                                      good_steps=jnp.int32(3 + seed))
+
+
+def test_save_then_restore_gives_back_every_leaf(tmp_path):
+    mesh, _, saved = _state(2, seed=0)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+    ckpt.save(saved, {"arch": "resnet_tiny", "num_classes": 4})
+    ckpt.wait()
+    assert ckpt.latest_step() == 7
+    assert ckpt.latest_meta() == {"arch": "resnet_tiny", "num_classes": 4}
+    _, _, fresh = _state(2, seed=1)
+    restored = ckpt.restore(fresh, parallel.replicated(mesh))
+    ckpt.close()
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored),
+                 jax.device_get(saved))
+    leaf = jax.tree.leaves(restored.params)[0]
+    assert leaf.sharding.is_equivalent_to(parallel.replicated(mesh), leaf.ndim)
+
+
+def test_restore_model_for_eval_from_step_folder_on_other_device_count(tmp_path):
+    _, model, saved = _state(4, seed=0)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+    ckpt.save(saved, {"arch": "resnet_tiny", "num_classes": 4, "epoch": 1})
+    ckpt.close()
+    step_folder = str(tmp_path / "checkpoints" / "7")
+    for path in (str(tmp_path), step_folder):
+        meta, step = checkpoint.read_meta(path)
+        assert step == 7 and meta["epoch"] == 1
+    one_device = parallel.make_mesh(jax.devices()[:1])
+    abstract = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0), 32))
+    variables = checkpoint.restore_model(step_folder, 7, abstract,
+                                         parallel.replicated(one_device))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]),
+                 jax.device_get(saved.params))
+
+
+def test_missing_or_empty_checkpoint_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"checkpoint '.*nowhere' does not exist"):
+        checkpoint.read_meta(str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="holds no complete checkpoint"):
+        checkpoint.read_meta(str(tmp_path))
