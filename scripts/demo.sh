@@ -15,11 +15,11 @@ SECONDS=0
 python -m resnet_jax.data.demo --out "$DATA" --num-classes 5 --train-per-class 80 \
     --val-per-class 20 --image-size 64
 
-# The real recipe, scaled down for a CPU: 5 classes, 48px crops, batch 32, 8 epochs.
+# The real recipe, scaled down for a CPU: 5 classes, 48px crops, batch 32, 6 epochs.
 OVERRIDES=(
     --config.data.root="$DATA" --config.data.backend=dali_cpu --config.num_classes=5
     --config.image_size=48 --config.eval_resize_size=55 --config.eval_image_size=48
-    --config.per_device_batch_size=32 --config.num_epochs=8 --config.warmup_epochs=1
+    --config.per_device_batch_size=32 --config.num_epochs=6 --config.warmup_epochs=1
     --config.precision=fp32 --config.log_every_steps=4
 )
 python -m resnet_jax.main --config configs/resnet50_v15.py --workdir "$WORKDIR" "${OVERRIDES[@]}"
