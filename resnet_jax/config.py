@@ -7,7 +7,6 @@ working directory. Every field can be set on the command line, e.g.
 here, in one place.
 """
 
-import math
 import os
 
 import ml_collections
@@ -151,8 +150,3 @@ def steps_per_epoch(num_images: int, batch: int) -> int:
             "lower --config.per_device_batch_size or set --config.global_batch_size"
         )
     return steps
-
-
-def num_eval_batches(num_images: int, batch: int) -> int:
-    """Batches that cover every evaluation image once (the last one padded)."""
-    return math.ceil(num_images / batch)

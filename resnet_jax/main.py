@@ -41,7 +41,7 @@ def main(argv):
         if config.mode == "train" and not FLAGS.workdir:
             raise ConfigError("--workdir is required for training: pass --workdir=runs/NAME")
         parallel.initialize()
-        # Imported here so that a bad flag is reported before JAX and TensorFlow load.
+        # Imported here so that a bad value is reported before TensorFlow (through clu) loads.
         from resnet_jax.train import loop
 
         if config.mode == "train":

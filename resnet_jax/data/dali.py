@@ -18,8 +18,7 @@ from collections.abc import Iterator
 import math
 
 import jax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
@@ -28,9 +27,9 @@ from nvidia.dali.plugin.jax import DALIGenericIterator
 from resnet_jax import config as config_lib
 from resnet_jax.data.folders import Split
 from resnet_jax.errors import ConfigError
+from resnet_jax.parallel import AXIS, batch_sharded
 
 BACKENDS = ("dali_cpu", "dali_gpu")
-AXIS = "data"
 
 # ImageNet channel statistics on the 0..255 scale, as NVIDIA's pipeline uses them.
 MEAN = tuple(255.0 * m for m in (0.485, 0.456, 0.406))
@@ -157,7 +156,7 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
     order = np.random.default_rng(seed).permutation(len(split))
     files = [split.files[i] for i in order]
     labels = split.labels[order].tolist()
-    sharding = NamedSharding(mesh, P(AXIS))
+    sharding = batch_sharded(mesh)
     common = dict(image_size=image_size, dtype=dtype, num_threads=num_threads)
     # Pipeline seeds differ per shard, else all shards would draw the same crops and flips.
 
@@ -269,7 +268,7 @@ def eval_iterator(split: Split, *, global_batch_size: int, resize_size: int, ima
     if resize_size < image_size:
         raise ConfigError(f"eval resize size {resize_size} is smaller than the crop size "
                           f"{image_size}: set the resize size to at least {image_size}")
-    sharding = NamedSharding(mesh, P(AXIS))
+    sharding = batch_sharded(mesh)
     common = dict(resize_size=resize_size, image_size=image_size, dtype=dtype,
                   num_threads=num_threads)
 

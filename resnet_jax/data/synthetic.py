@@ -2,14 +2,15 @@
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
+
+from resnet_jax.parallel import batch_sharded
 
 
 def train_iterator(*, global_batch_size: int, image_size: int, image_dtype, num_classes: int,
                    mesh: Mesh, seed: int = 0):
     """Yields the same sharded batch of random images and labels forever."""
-    sharding = NamedSharding(mesh, P("data"))
+    sharding = batch_sharded(mesh)
 
     def make(key):
         k1, k2 = jax.random.split(key)

@@ -10,14 +10,12 @@ the same as one device seeing the whole batch.
 import jax
 from jax import lax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import optax
 
+from resnet_jax.parallel import AXIS, batch_sharded, replicated
 from resnet_jax.train import precision
 from resnet_jax.train.state import TrainState
-
-AXIS = "data"
 
 
 def smoothed_targets(labels, num_classes: int, smoothing: float):
@@ -91,11 +89,10 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
                                   good_steps=good_steps)
         return new_state, metrics
 
-    replicated = NamedSharding(mesh, P())
     return jax.jit(
         train_step,
-        in_shardings=(replicated, NamedSharding(mesh, P(AXIS))),
-        out_shardings=(replicated, replicated),
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
         donate_argnums=0,
     )
 
@@ -122,6 +119,6 @@ def make_eval_step(model, mesh):
             "count": jnp.sum(mask),
         }
 
-    replicated = NamedSharding(mesh, P())
-    return jax.jit(eval_step, in_shardings=(replicated, replicated, NamedSharding(mesh, P(AXIS))),
-                   out_shardings=replicated)
+    return jax.jit(eval_step,
+                   in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh)),
+                   out_shardings=replicated(mesh))
