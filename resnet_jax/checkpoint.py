@@ -31,6 +31,10 @@ def _manager(directory: str, *, keep: int | None = None, read_only: bool = False
     return ocp.CheckpointManager(directory, options=options, item_names=("model", "train", "meta"))
 
 
+def _restore_meta(manager, step: int) -> dict:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
 def _with_sharding(tree, sharding):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
@@ -60,8 +64,7 @@ class Checkpointer:
 
     def latest_meta(self) -> dict:
         """The metadata of the latest checkpoint (read before restoring, to check it fits)."""
-        return self._manager.restore(self._manager.latest_step(), args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
+        return _restore_meta(self._manager, self._manager.latest_step())
 
     def restore(self, state: TrainState, sharding) -> TrainState:
         """The latest checkpoint, shaped like `state` and placed with `sharding`."""
@@ -88,8 +91,11 @@ class Checkpointer:
         self._manager.close()
 
 
-def _resolve(path: str) -> tuple[str, int]:
-    """(manager directory, step) for a workdir, a checkpoints folder or one step folder."""
+def resolve(path: str) -> tuple[str, int]:
+    """(checkpoints directory, step) for a workdir, a checkpoints folder or one step folder.
+
+    For a workdir or checkpoints folder, the step is the latest complete one.
+    """
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise ConfigError(
@@ -110,17 +116,13 @@ def _resolve(path: str) -> tuple[str, int]:
     return path, step
 
 
-def read_meta(path: str) -> tuple[dict, int]:
-    """The metadata and step of the checkpoint at `path` (see `_resolve`)."""
-    directory, step = _resolve(path)
-    meta = _manager(directory, read_only=True).restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    return meta, step
+def read_meta(directory: str, step: int) -> dict:
+    """The metadata of checkpoint `step` in `directory` (as `resolve` returns them)."""
+    return _restore_meta(_manager(directory, read_only=True), step)
 
 
-def restore_model(path: str, step: int, abstract_variables, sharding) -> dict:
-    """{'params', 'batch_stats'} of checkpoint `step` at `path` (see `read_meta`)."""
-    directory, _ = _resolve(path)
+def restore_model(directory: str, step: int, abstract_variables, sharding) -> dict:
+    """{'params', 'batch_stats'} of checkpoint `step` in `directory` (see `resolve`)."""
     restored = _manager(directory, read_only=True).restore(step, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(_with_sharding(abstract_variables, sharding))))
     return restored["model"]

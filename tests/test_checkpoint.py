@@ -58,11 +58,11 @@ def test_restore_model_for_eval_from_step_folder_on_other_device_count(tmp_path)
     ckpt.close()
     step_folder = str(tmp_path / "checkpoints" / "7")
     for path in (str(tmp_path), step_folder):
-        meta, step = checkpoint.read_meta(path)
-        assert step == 7 and meta["epoch"] == 1
+        directory, step = checkpoint.resolve(path)
+        assert step == 7 and checkpoint.read_meta(directory, step)["epoch"] == 1
     one_device = parallel.make_mesh(jax.devices()[:1])
     abstract = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0), 32))
-    variables = checkpoint.restore_model(step_folder, 7, abstract,
+    variables = checkpoint.restore_model(*checkpoint.resolve(step_folder), abstract,
                                          parallel.replicated(one_device))
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]),
                  jax.device_get(saved.params))
@@ -70,6 +70,6 @@ def test_restore_model_for_eval_from_step_folder_on_other_device_count(tmp_path)
 
 def test_missing_or_empty_checkpoint_path_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"checkpoint '.*nowhere' does not exist"):
-        checkpoint.read_meta(str(tmp_path / "nowhere"))
+        checkpoint.resolve(str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="holds no complete checkpoint"):
-        checkpoint.read_meta(str(tmp_path))
+        checkpoint.resolve(str(tmp_path))

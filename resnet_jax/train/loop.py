@@ -225,8 +225,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     if not path:
         raise ConfigError("mode=eval needs a checkpoint: pass --workdir of a training run or "
                           "--config.checkpoint=PATH")
-    meta, step = checkpoint.read_meta(path)
-    _check_compatible(meta, config, f"checkpoint {path!r}")
+    directory, step = checkpoint.resolve(path)
+    _check_compatible(checkpoint.read_meta(directory, step), config, f"checkpoint {path!r}")
     mesh = parallel.make_mesh()
     eval_batch = config_lib.eval_global_batch_size(config, mesh.size)
     data = open_data(config, mesh, train_batch=eval_batch, eval_batch=eval_batch,
@@ -238,7 +238,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     abstract = jax.eval_shape(functools.partial(state_lib.init_variables, model,
                                                 image_size=config.eval_image_size),
                               jax.random.key(0))
-    variables = checkpoint.restore_model(path, step, abstract, parallel.replicated(mesh))
+    variables = checkpoint.restore_model(directory, step, abstract, parallel.replicated(mesh))
     metrics = evaluate(step_lib.make_eval_step(model, mesh), variables["params"],
                        variables["batch_stats"], data.eval)
     reporting.log(f"eval of {path} (step {step}, {config.arch}): {_format_eval(metrics)}")
