@@ -73,6 +73,24 @@ def defaults() -> ml_collections.ConfigDict:
     config.checkpoint_every_epochs = 1
     config.keep_checkpoints = 3
     config.checkpoint = ""  # eval: a checkpoint step folder or workdir; default: --workdir
+    # train: start from these weights (fine-tuning; e.g. from python -m resnet_jax.convert).
+    # A workdir that already has a checkpoint resumes from it instead.
+    config.init_checkpoint = ""
+    return config
+
+
+def apply_epoch_preset(config: ml_collections.ConfigDict, preset: str | None,
+                       allowed: tuple[str, ...], recipe: str) -> ml_collections.ConfigDict:
+    """Sets the epochs a recipe preset names ('90' by default); '250' adds mixup 0.2.
+
+    NVIDIA trains its 250-epoch recipes with mixup (alpha 0.2), the shorter ones without.
+    """
+    preset = preset or "90"
+    if preset not in allowed:
+        raise ValueError(f"preset {preset!r} is not one of {', '.join(allowed)}: "
+                         f"use e.g. configs/{recipe}.py:{allowed[-1]}")
+    config.num_epochs = int(preset)
+    config.mixup_alpha = 0.2 if preset == "250" else 0.0
     return config
 
 

@@ -9,11 +9,11 @@ import pytest
 from resnet_jax import config as config_lib
 from resnet_jax.errors import ConfigError
 
-RECIPE = pathlib.Path(__file__).parents[1] / "configs" / "resnet50_v15.py"
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
-def _load(preset=""):
-    spec = importlib.util.spec_from_file_location("recipe", RECIPE)
+def _load(preset="", recipe="resnet50_v15"):
+    spec = importlib.util.spec_from_file_location("recipe", CONFIGS / f"{recipe}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(preset) if preset else module.get_config()
@@ -35,6 +35,21 @@ def test_resnet50_recipe_values_are_nvidias():
 def test_presets_set_epochs_and_mixup(preset, epochs, mixup):
     config = _load(preset)
     assert config.num_epochs == epochs and config.mixup_alpha == mixup
+
+
+@pytest.mark.parametrize("recipe", ["resnext101_32x4d", "se_resnext101_32x4d"])
+def test_resnext_recipes_are_nvidias(recipe):
+    config = _load(recipe=recipe)
+    assert config.arch == recipe and config.num_epochs == 90 and config.mixup_alpha == 0
+    assert config.per_device_batch_size == 128 and config.warmup_epochs == 8
+    assert config.weight_decay == 6.103515625e-05 == 1 / 16384
+    assert config.base_learning_rate == 0.256 and config.momentum == 0.875
+    assert config.label_smoothing == 0.1 and config.model.conv_init == "fan_out"
+    assert config_lib.learning_rate(config, 8 * 128) == pytest.approx(1.024)
+    long = _load("250", recipe)
+    assert long.num_epochs == 250 and long.mixup_alpha == 0.2
+    with pytest.raises(ValueError, match="preset '50' is not one of 90, 250"):
+        _load("50", recipe)
 
 
 def test_global_batch_size_overrides_per_device_and_must_divide():

@@ -1,0 +1,34 @@
+r"""ResNeXt101-32x4d on ImageNet, NVIDIA's recipe (Deep Learning Examples, ConvNets).
+
+Command (all local GPUs, ImageNet in DIR/train/<class>/*.JPEG and DIR/val/...):
+
+  python -m resnet_jax.main --config configs/resnext101_32x4d.py \
+      --workdir runs/rnx101 --config.data.root=DIR
+
+Presets: `configs/resnext101_32x4d.py:90` (default), `:250` (mixup 0.2).
+
+Recipe (NVIDIA's DGX-A100 settings): batch 128 per GPU (1,024 on 8 GPUs);
+learning rate 0.256 per 256 images, scaled linearly (1.024 on 8 GPUs); SGD
+momentum 0.875; weight decay 6.103515625e-05 (1/16384) on conv/dense kernels;
+label smoothing 0.1; 8 warmup epochs then cosine decay to zero;
+random-resized-crop 224 + flip; eval resize 256, center crop 224.
+
+Model: ResNet101 layout (3, 4, 23, 3 blocks) whose 3x3 convolutions have 32
+groups of width 4 at the first stage (128 channels), doubling per stage;
+44,177,704 parameters.
+
+Hardware, time and result as NVIDIA publishes them (PyTorch, AMP, 8x
+A100-80GB): 79.47% top-1 after 90 epochs, 80.19% after 250; 7,925 img/s on 8
+GPUs (1 GPU: 1,211), about 5 h for 90 epochs. See README.md, "Models".
+"""
+
+from resnet_jax import config as config_lib
+
+
+def get_config(preset: str | None = None):
+    """The recipe; `preset` is the epoch count: '90' or '250'."""
+    config = config_lib.defaults()
+    config.arch = "resnext101_32x4d"
+    config.per_device_batch_size = 128
+    config.weight_decay = 6.103515625e-05
+    return config_lib.apply_epoch_preset(config, preset, ("90", "250"), "resnext101_32x4d")

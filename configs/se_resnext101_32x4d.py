@@ -1,0 +1,37 @@
+r"""SE-ResNeXt101-32x4d on ImageNet, NVIDIA's recipe (Deep Learning Examples, ConvNets).
+
+Command (all local GPUs, ImageNet in DIR/train/<class>/*.JPEG and DIR/val/...):
+
+  python -m resnet_jax.main --config configs/se_resnext101_32x4d.py \
+      --workdir runs/se_rnx101 --config.data.root=DIR
+
+Presets: `configs/se_resnext101_32x4d.py:90` (default), `:250` (mixup 0.2).
+
+Recipe (NVIDIA's DGX-A100 settings): batch 128 per GPU (1,024 on 8 GPUs);
+learning rate 0.256 per 256 images, scaled linearly (1.024 on 8 GPUs); SGD
+momentum 0.875; weight decay 6.103515625e-05 (1/16384) on conv/dense kernels;
+label smoothing 0.1; 8 warmup epochs then cosine decay to zero;
+random-resized-crop 224 + flip; eval resize 256, center crop 224.
+
+Model: ResNeXt101-32x4d with a squeeze-and-excitation gate in every block
+(global average pool, 1x1 conv to channels/16, ReLU, 1x1 conv back, sigmoid),
+scaling the block's output before the residual add; 48,955,416 parameters.
+
+Hardware, time and result as NVIDIA publishes them (PyTorch, AMP, 8x
+A100-80GB): 80.03% top-1 after 90 epochs, 80.9% after 250; 5,779 img/s on 8
+GPUs (1 GPU: 855), about 6 h for 90 epochs. See README.md, "Models".
+
+NVIDIA's own PyTorch model gives every SE gate 16 hidden units instead of
+channels/16; its checkpoints still convert exactly (see resnet_jax/convert.py).
+"""
+
+from resnet_jax import config as config_lib
+
+
+def get_config(preset: str | None = None):
+    """The recipe; `preset` is the epoch count: '90' or '250'."""
+    config = config_lib.defaults()
+    config.arch = "se_resnext101_32x4d"
+    config.per_device_batch_size = 128
+    config.weight_decay = 6.103515625e-05
+    return config_lib.apply_epoch_preset(config, preset, ("90", "250"), "se_resnext101_32x4d")
