@@ -1,5 +1,6 @@
 """Model structure: exact parameter counts, shapes, dtypes and NVIDIA's initialisation."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from resnet_jax import models
 from resnet_jax.errors import ConfigError
+from resnet_jax.models import flops
 
 
 def _abstract_variables(model, size=224):
@@ -26,6 +28,22 @@ def _count(tree):
 def test_full_size_models_have_reference_parameter_counts(arch, expected):
     variables = _abstract_variables(models.create(arch))
     assert _count(variables["params"]) == expected
+
+
+@pytest.mark.parametrize("arch, gmacs", [
+    ("resnet50_v15", 4.09), ("resnext101_32x4d", 7.97), ("se_resnext101_32x4d", 7.97)])
+def test_forward_macs_per_image_at_224(arch, gmacs):
+    # Published: ResNet50 4.1 GMACs, ResNeXt101-32x4d 8.0.
+    assert flops.forward_macs(models.create(arch), 224) / 1e9 == pytest.approx(gmacs, abs=0.01)
+
+
+def test_macs_count_grouped_convolutions_by_group_width():
+    # One 3x3 conv, 64 -> 64 channels, 32 groups of 2 inputs: 2 * 9 MACs per output.
+    conv = nn.Conv(64, (3, 3), feature_group_count=32, padding="SAME", use_bias=False)
+    x = jnp.zeros((1, 8, 8, 64))
+    variables = conv.init(jax.random.key(0), x)
+    closed = jax.make_jaxpr(conv.apply)(variables, x)
+    assert flops._jaxpr_macs(closed.jaxpr) == 8 * 8 * 64 * 2 * 9
 
 
 def test_resnet50_logits_shape_and_v15_stride_on_3x3():
