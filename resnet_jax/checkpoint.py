@@ -121,6 +121,21 @@ def read_meta(directory: str, step: int) -> dict:
     return _restore_meta(_manager(directory, read_only=True), step)
 
 
+def save_model(workdir: str, variables: dict, meta: dict, *, step: int = 0) -> str:
+    """Writes {'params', 'batch_stats'} and `meta` alone (no training state); returns the folder.
+
+    Such a checkpoint (converted weights) restores for eval, classify and
+    fine-tuning (`config.init_checkpoint`), not for resuming a run.
+    """
+    directory = checkpoint_dir(workdir)
+    manager = _manager(directory)
+    manager.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+    manager.close()
+    return os.path.join(directory, str(step))
+
+
 def restore_model(directory: str, step: int, abstract_variables, sharding) -> dict:
     """{'params', 'batch_stats'} of checkpoint `step` in `directory` (see `resolve`)."""
     restored = _manager(directory, read_only=True).restore(step, args=ocp.args.Composite(

@@ -1,0 +1,165 @@
+"""PyTorch weights to resnet_jax: logits equal a PyTorch reference for every arch and naming."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch  # a test dependency (pyproject's `test` extra); the converter itself needs none
+import torch_reference as ref
+
+from resnet_jax import checkpoint, convert, models
+from resnet_jax.convert import ConversionError
+
+CASES = [
+    ("resnet50_v15", "torchvision"),  # torchvision's and timm's resnet50 have the same keys
+    ("resnet50_v15", "nvidia"),
+    ("resnet50_v15", "nvidia_ngc"),
+    ("resnext101_32x4d", "torchvision"),  # timm's resnext101_32x4d
+    ("resnext101_32x4d", "nvidia"),
+    ("resnext101_32x4d", "nvidia_ngc"),
+    ("se_resnext101_32x4d", "timm"),
+    ("se_resnext101_32x4d", "nvidia"),
+    ("se_resnext101_32x4d", "nvidia_ngc"),
+    ("se_resnext101_32x4d", "nvidia_trt"),
+]
+
+
+@functools.cache
+def _apply(arch, num_classes):
+    model = models.create(arch, num_classes=num_classes)
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def _reference(arch, scheme, num_classes=1000, seed=0, size=64):
+    torch.manual_seed(seed)
+    model = ref.randomized(ref.ResNet(arch, scheme, num_classes), seed)
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        logits = model(images).numpy()
+    return model, images.numpy().transpose(0, 2, 3, 1), logits
+
+
+def _numpy_state_dict(model):
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def _relative_error(got, want):
+    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("arch, scheme", CASES, ids=[f"{a}-{s}" for a, s in CASES])
+def test_converted_logits_equal_pytorch(arch, scheme):
+    model, images, want = _reference(arch, scheme)
+    state_dict = _numpy_state_dict(model)
+    assert convert.naming_scheme(state_dict) == (
+        "nvidia" if scheme in ("nvidia", "nvidia_trt")
+        or (scheme == "nvidia_ngc" and arch.startswith("se_")) else "torchvision/timm")
+    variables = convert.torch_to_flax(arch, state_dict)
+    got = _apply(arch, 1000)(variables, jnp.asarray(images))
+    assert got.shape == want.shape
+    assert _relative_error(got, want) < 1e-4
+
+
+def test_nvidia_se_gates_are_zero_padded_to_channels_over_16():
+    model, _, _ = _reference("se_resnext101_32x4d", "nvidia")
+    state_dict = _numpy_state_dict(model)
+    assert state_dict["layers.2.0.squeeze.squeeze.weight"].shape == (16, 1024)
+    variables = convert.torch_to_flax("se_resnext101_32x4d", state_dict)
+    reduce = variables["params"]["layer3_0"]["se"]["reduce"]
+    expand = variables["params"]["layer3_0"]["se"]["expand"]
+    assert reduce["kernel"].shape == (1, 1, 1024, 64) and expand["kernel"].shape == (1, 1, 64, 1024)
+    np.testing.assert_array_equal(reduce["kernel"][0, 0, :, :16],
+                                  state_dict["layers.2.0.squeeze.squeeze.weight"].T)
+    assert not reduce["kernel"][..., 16:].any() and not reduce["bias"][16:].any()
+    assert not expand["kernel"][:, :, 16:, :].any()
+
+
+def test_torch_tensors_ddp_prefix_and_other_class_counts():
+    model, images, want = _reference("resnet_tiny", "torchvision", num_classes=7)
+    state_dict = {f"module.{k}": v for k, v in model.state_dict().items()}  # torch tensors
+    assert any(k.endswith("num_batches_tracked") for k in state_dict)
+    variables = convert.torch_to_flax("resnet_tiny", state_dict)
+    assert variables["params"]["fc"]["kernel"].shape == (64, 7)
+    assert _relative_error(_apply("resnet_tiny", 7)(variables, jnp.asarray(images)), want) < 1e-4
+
+
+def test_missing_unexpected_and_misshapen_keys_are_named():
+    model, _, _ = _reference("resnet_tiny", "torchvision")
+    state_dict = _numpy_state_dict(model)
+    del state_dict["layer2.0.bn2.running_var"]
+    state_dict["layer5.0.conv1.weight"] = np.zeros((4, 4, 1, 1), np.float32)
+    state_dict["layer1.0.conv2.weight"] = np.zeros((4, 4, 5, 5), np.float32)
+    with pytest.raises(ConversionError) as error:
+        convert.torch_to_flax("resnet_tiny", state_dict)
+    message = str(error.value)
+    assert "missing 1: layer2.0.bn2.running_var" in message
+    assert "unexpected 1: layer5.0.conv1.weight" in message
+    assert "wrong shape 1: layer1.0.conv2.weight" in message and "(3, 3, 4, 4)" in message
+
+
+def test_wrong_arch_is_reported_with_the_choices():
+    model, _, _ = _reference("resnet50_v15", "torchvision")
+    with pytest.raises(ConversionError, match=r"does not fit arch resnext101_32x4d.*--arch"):
+        convert.torch_to_flax("resnext101_32x4d", _numpy_state_dict(model))
+
+
+def test_command_line_writes_a_checkpoint_that_restores(tmp_path):
+    model, images, want = _reference("resnet_tiny", "nvidia", num_classes=1000)
+    path = tmp_path / "nvidia_tiny.pth.tar"
+    torch.save({"epoch": 90, "state_dict": model.state_dict(), "best_prec1": 0.5}, path)
+    out = tmp_path / "converted"
+    assert convert.main(["--arch", "resnet_tiny", "--torch-checkpoint", str(path),
+                         "--output", str(out)]) == 0
+    directory, step = checkpoint.resolve(str(out))
+    meta = checkpoint.read_meta(directory, step)
+    assert (meta["arch"], meta["num_classes"], step) == ("resnet_tiny", 1000, 0)
+    assert meta["class_names"][:2] == ["tench", "goldfish"]
+    abstract = convert.abstract_variables("resnet_tiny", 1000)
+    variables = checkpoint.restore_model(directory, step, abstract,
+                                         jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    assert _relative_error(_apply("resnet_tiny", 1000)(variables, jnp.asarray(images)),
+                           want) < 1e-4
+    # A second conversion into the same folder would mix checkpoints: refused.
+    assert convert.main(["--arch", "resnet_tiny", "--torch-checkpoint", str(path),
+                         "--output", str(out)]) == 2
+
+
+def test_command_line_errors_name_the_file(tmp_path, capsys):
+    missing = tmp_path / "nope.pth"
+    assert convert.main(["--arch", "resnet_tiny", "--torch-checkpoint", str(missing),
+                         "--output", str(tmp_path / "o")]) == 2
+    assert "nope.pth' does not exist" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    assert convert.main(["--arch", "resnet_tiny", "--torch-checkpoint", str(garbage),
+                         "--output", str(tmp_path / "o")]) == 2
+    assert "garbage.pth' is not a PyTorch checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+class _Recipe:  # an object torch's weights_only loader refuses
+    arch = "resnet_tiny"
+
+
+def test_files_with_python_objects_need_allow_pickle(tmp_path, capsys):
+    model, _, _ = _reference("resnet_tiny", "torchvision")
+    path = tmp_path / "with_objects.pth"
+    torch.save({"state_dict": model.state_dict(), "args": _Recipe()}, path)
+    args = ["--arch", "resnet_tiny", "--torch-checkpoint", str(path)]
+    assert convert.main([*args, "--output", str(tmp_path / "a")]) == 2
+    assert "holds Python objects besides tensors: if you trust the file, add --allow-pickle" in (
+        capsys.readouterr().err)
+    assert convert.main([*args, "--output", str(tmp_path / "b"), "--allow-pickle"]) == 0
+
+
+def test_class_names_for_display():
+    from resnet_jax.classify import display_names
+
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    names = display_names({"num_classes": 1000, "class_names": wnids})
+    assert names[0] == "tench (n00000000)" and names[999] == "toilet tissue (n00000999)"
+    assert display_names({"num_classes": 1000, "class_names": []})[1] == "goldfish"
+    assert display_names({"num_classes": 4, "class_names": ["cat", "dog"]}) == [
+        "cat", "dog", "class 2", "class 3"]
