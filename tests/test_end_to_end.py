@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from resnet_jax.data.demo import make_demo_dataset
@@ -114,3 +115,58 @@ def test_resume_with_another_arch_names_both(tmp_path, data_root):
     result, output = _run(workdir, data_root, *one_epoch, "--config.arch=resnet50_v15")
     assert result.returncode == 2
     assert "holds arch='resnet_tiny' but the config has arch='resnet50_v15'" in output
+
+
+def _convert_tiny_torch_model(tmp_path, num_classes, name):
+    import torch
+    import torch_reference as ref
+
+    model = ref.randomized(ref.ResNet("resnet_tiny", "torchvision", num_classes), seed=3)
+    path = tmp_path / f"{name}.pth"
+    torch.save(model.state_dict(), path)
+    out = str(tmp_path / name)
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet_jax.convert", "--arch=resnet_tiny",
+         f"--torch-checkpoint={path}", f"--output={out}"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{num_classes} classes -> {out}/checkpoints/0" in result.stdout
+    return out
+
+
+def test_converted_weights_evaluate_classify_and_fine_tune(tmp_path, data_root):
+    from resnet_jax import classify
+    from resnet_jax.data import folders
+
+    converted = _convert_tiny_torch_model(tmp_path, 3, "three")
+    sizes = ("--config.image_size=32", "--config.eval_resize_size=36")
+    # classify reads the eval sizes from the checkpoint (crop 224 of 256 for converted
+    # weights): an eval at those sizes must find the same top-1.
+    result, output = _run(str(tmp_path / "eval"), data_root, "--config.mode=eval",
+                          "--config.precision=fp32", f"--config.checkpoint={converted}",
+                          "--config.eval_resize_size=256", "--config.eval_image_size=224")
+    assert result.returncode == 0, output
+    assert "on 15 images" in output
+    val = folders.scan_split(data_root, "val")
+    probabilities, names = classify.predict(converted, val.files, precision="fp32")
+    assert names == ["class_0", "class_1", "class_2"]
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    top1 = float(np.mean(probabilities.argmax(axis=1) == val.labels))
+    assert f"top1 {100 * top1:.2f}%" in output
+
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet_jax.classify", f"--checkpoint={converted}",
+         "--precision=bf16", val.files[0], val.files[7]],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == val.files[0] and lines[4] == val.files[7]
+    assert all(line.startswith("  0.") and "class_" in line for line in lines[1:4] + lines[5:])
+
+    # Fine-tuning a 5-class model on the 3-class tree: all but the classifier carry over.
+    five = _convert_tiny_torch_model(tmp_path, 5, "five")
+    result, output = _run(str(tmp_path / "finetune"), data_root, *sizes,
+                          f"--config.init_checkpoint={five}", "--config.num_epochs=1",
+                          "--config.warmup_epochs=0")
+    assert result.returncode == 0, output
+    assert "all but fc (new fc for 3 classes, was 5)" in output

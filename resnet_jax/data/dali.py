@@ -131,6 +131,30 @@ def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu):
     return images, _labels_out(labels, on_gpu)
 
 
+def preprocess_files(files: list[str], *, resize_size: int, image_size: int, image_dtype,
+                     on_gpu: bool = False, batch_size: int = 16,
+                     num_threads: int = 2) -> np.ndarray:
+    """Images as the evaluation sees them (resize, center crop, normalize): (N, H, W, 3).
+
+    The same DALI pipeline as `eval_iterator`, on a plain list of files (any
+    paths, any number), returned as one numpy array.
+    """
+    if resize_size < image_size:
+        raise ConfigError(f"eval resize size {resize_size} is smaller than the crop size "
+                          f"{image_size}: set the resize size to at least {image_size}")
+    batch = max(1, min(batch_size, len(files)))
+    pipe = _eval_pipeline(list(files), [0] * len(files), resize_size=resize_size,
+                          image_size=image_size, dtype=_dali_dtype(image_dtype), on_gpu=on_gpu,
+                          batch_size=batch, device_id=0 if on_gpu else None,
+                          num_threads=num_threads)
+    pipe.build()
+    out = []
+    for _ in range(math.ceil(len(files) / batch)):
+        images, _ = pipe.run()
+        out.append((images.as_cpu() if on_gpu else images).as_array())
+    return np.concatenate(out)[:len(files)]
+
+
 def _run_cpu(pipe):
     """One batch of a CPU pipeline as numpy arrays (copies, safe after the next run)."""
     images, labels = pipe.run()

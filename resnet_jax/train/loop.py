@@ -112,6 +112,34 @@ def _check_compatible(saved: dict, config, where: str) -> None:
             )
 
 
+def _init_from_checkpoint(config, state, sharding):
+    """Fine-tuning: params and BN statistics from config.init_checkpoint, a fresh optimizer.
+
+    The classifier (fc) is kept only when num_classes matches; otherwise the
+    freshly initialised one is used.
+    """
+    path = config.init_checkpoint
+    directory, step = checkpoint.resolve(path)
+    saved = checkpoint.read_meta(directory, step)
+    if saved.get("arch") != config.arch:
+        raise ConfigError(
+            f"init_checkpoint {path!r} holds arch={saved.get('arch')!r} but the config has "
+            f"arch={config.arch!r}: set --config.arch={saved.get('arch')!r} or use a checkpoint "
+            f"of {config.arch}")
+    saved_model = models.create(config.arch, num_classes=saved["num_classes"])
+    abstract = jax.eval_shape(functools.partial(state_lib.init_variables, saved_model,
+                                                image_size=config.image_size),
+                              jax.random.key(0))
+    variables = checkpoint.restore_model(directory, step, abstract, sharding)
+    params = variables["params"]
+    kept = "all layers"
+    if saved["num_classes"] != config.num_classes:
+        params = {**params, "fc": state.params["fc"]}
+        kept = f"all but fc (new fc for {config.num_classes} classes, was {saved['num_classes']})"
+    reporting.log(f"initialised from {directory}/{step}: {kept}")
+    return state.replace(params=params, batch_stats=variables["batch_stats"])
+
+
 def _mean_metrics(history: list[dict]) -> dict:
     fetched = jax.device_get(history)
     return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -158,6 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _check_compatible(ckpt.latest_meta(), config, f"the checkpoint in {ckpt.directory!r}")
         state = ckpt.restore(state, replicated)
         reporting.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
+    elif config.init_checkpoint:
+        state = _init_from_checkpoint(config, state, replicated)
     start_step = int(jax.device_get(state.step))
 
     writer = reporting.create_writer(workdir)

@@ -1,0 +1,101 @@
+"""Top classes of images from a checkpoint: `python -m resnet_jax.classify --checkpoint DIR IMG`.
+
+DIR is a training workdir, its checkpoints folder, one step folder, or the
+output of `python -m resnet_jax.convert`. Images are preprocessed as the
+evaluation of the training config does (resize the shorter side, center
+crop, normalize; sizes from the checkpoint), by the same DALI pipeline.
+Class names come from the checkpoint: the folder names of the training data,
+or ImageNet's names for a 1000-class model trained on ImageNet's WordNet-id
+folders or converted from PyTorch.
+"""
+
+import argparse
+import os
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import checkpoint, config, models
+from resnet_jax.errors import ConfigError
+from resnet_jax.train import precision as precision_lib
+
+
+def display_names(meta: dict) -> list[str]:
+    """Readable class names for a checkpoint's labels."""
+    names = list(meta.get("class_names") or [])
+    num_classes = meta["num_classes"]
+    imagenet = num_classes == 1000 and (
+        not names or all(re.fullmatch(r"n\d{8}", n) for n in names))
+    if imagenet:
+        from resnet_jax.convert import imagenet_class_names
+
+        readable = imagenet_class_names()
+        return [f"{r} ({w})" for r, w in zip(readable, names, strict=True)] if names else readable
+    # Models with more outputs than class folders: the extra outputs have no name.
+    return names + [f"class {i}" for i in range(len(names), num_classes)]
+
+
+def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
+            on_gpu: bool = False) -> tuple[np.ndarray, list[str]]:
+    """(probabilities (N, num_classes) in fp32, class names) for image files."""
+    if precision not in config.PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not supported: use one of "
+                          f"{', '.join(config.PRECISIONS)}")
+    for image in images:
+        if not os.path.isfile(image):
+            raise ConfigError(f"image {image!r} does not exist: pass paths of image files")
+    directory, step = checkpoint.resolve(checkpoint_path)
+    meta = checkpoint.read_meta(directory, step)
+    model = models.create(meta["arch"], num_classes=meta["num_classes"],
+                          dtype=precision_lib.compute_dtype(precision))
+    size = meta["eval_image_size"]
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    variables = checkpoint.restore_model(directory, step, abstract, device)
+
+    from resnet_jax.data import dali
+
+    try:
+        pixels = dali.preprocess_files(
+            images, resize_size=meta["eval_resize_size"], image_size=size,
+            image_dtype=precision_lib.image_dtype(precision), on_gpu=on_gpu)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"could not read the images {images}: {first}") from error
+    matmul = precision_lib.matmul_precision(precision)
+    with jax.default_matmul_precision(matmul or "default"):
+        logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, pixels)
+    return np.asarray(jax.nn.softmax(logits, axis=-1)), display_names(meta)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_jax.classify",
+        description="Prints the top classes of each image with their probabilities.")
+    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="a workdir, a checkpoints folder, a step folder, or a converted "
+                             "model's output folder")
+    parser.add_argument("--precision", default="fp32", choices=config.PRECISIONS)
+    parser.add_argument("--top", type=int, default=5, help="classes to print per image")
+    parser.add_argument("--gpu", action="store_true", help="decode on the GPU (DALI mixed)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    args = parser.parse_args(argv)
+    try:
+        probabilities, names = predict(args.checkpoint, args.images, precision=args.precision,
+                                       on_gpu=args.gpu)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for image, probs in zip(args.images, probabilities, strict=True):
+        print(image)
+        for k in np.argsort(-probs, kind="stable")[:args.top]:
+            print(f"  {probs[k]:.4f}  {names[k]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
