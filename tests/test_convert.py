@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch  # a test dependency (pyproject's `test` extra); the converter itself needs none
-import torch_reference as ref
 
 from resnet_jax import checkpoint, convert, models
+from resnet_jax import torch_reference as ref
 from resnet_jax.convert import ConversionError
 
 CASES = [

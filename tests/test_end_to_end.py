@@ -119,7 +119,8 @@ def test_resume_with_another_arch_names_both(tmp_path, data_root):
 
 def _convert_tiny_torch_model(tmp_path, num_classes, name):
     import torch
-    import torch_reference as ref
+
+    from resnet_jax import torch_reference as ref
 
     model = ref.randomized(ref.ResNet("resnet_tiny", "torchvision", num_classes), seed=3)
     path = tmp_path / f"{name}.pth"

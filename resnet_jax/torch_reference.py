@@ -1,4 +1,4 @@
-"""PyTorch reference models for the conversion tests, in each published naming scheme.
+"""PyTorch definitions of the three models, in each published naming scheme (needs torch).
 
 The module structure (attribute names, Sequential indices, layer types)
 reproduces the state-dict keys of:
@@ -12,7 +12,9 @@ reproduces the state-dict keys of:
 * 'nvidia_trt': NVIDIA's TensorRT variant: SE gate as 1x1 convs.
 
 The forward passes follow the originals: stride on the 3x3 (v1.5), the SE
-gate multiplies the block's bn3 output before the residual add.
+gate multiplies the block's bn3 output before the residual add. The
+conversion tests check resnet_jax against them; the benchmark times them as
+the PyTorch reference where torchvision and timm are not installed.
 """
 
 import torch
