@@ -19,6 +19,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/resnet50_v15.py[:preset].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and metrics go.")
+flags.DEFINE_string("coordinator_address", None,
+                    "Several processes without SLURM/Open MPI: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Several processes: how many in all.")
+flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0..N-1.")
 flags.DEFINE_bool("library_logs", False, "Also show INFO lines of JAX, Orbax, DALI and clu.")
 flags.mark_flags_as_required(["config"])
 
@@ -40,7 +44,7 @@ def main(argv):
         config_lib.validate(config)
         if config.mode == "train" and not FLAGS.workdir:
             raise ConfigError("--workdir is required for training: pass --workdir=runs/NAME")
-        parallel.initialize()
+        parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         # Imported here so that a bad value is reported before TensorFlow (through clu) loads.
         from resnet_jax.train import loop
 

@@ -54,7 +54,7 @@ class JsonLinesWriter(interface.MetricWriter):
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
     """TensorBoard events + log lines + WORKDIR/metrics.jsonl, written by process 0 only."""
     if jax.process_index() > 0:
-        return metric_writers.create_default_writer(None, just_logging=True)
+        return metric_writers.MultiWriter([])  # writes nothing
     os.makedirs(workdir, exist_ok=True)
     return metric_writers.MultiWriter([
         metric_writers.create_default_writer(workdir, asynchronous=True),
