@@ -31,6 +31,9 @@ def defaults() -> ml_collections.ConfigDict:
     config.per_device_batch_size = 256
     config.global_batch_size = 0
     config.eval_per_device_batch_size = 0  # 0: same as per_device_batch_size
+    # Images per optimizer step (NVIDIA's --optimizer-batch-size): a multiple k of the
+    # global batch accumulates the gradients of k batches per update. 0: the global batch.
+    config.optimizer_batch_size = 0
 
     # Optimizer: SGD with momentum, masked weight decay, warmup + cosine.
     config.num_epochs = 90
@@ -144,6 +147,22 @@ def global_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> in
             f"use a multiple of {num_devices}"
         )
     return batch
+
+
+def accumulation_steps(config: ml_collections.ConfigDict, num_devices: int) -> int:
+    """Batches whose gradients are summed per optimizer step (1: no accumulation)."""
+    batch = global_batch_size(config, num_devices)
+    wanted = config.optimizer_batch_size or batch
+    if wanted < batch or wanted % batch:
+        raise ConfigError(
+            f"optimizer_batch_size={wanted} is not a multiple of the global batch {batch} "
+            f"({num_devices} devices): use a multiple of {batch}, or 0 for no accumulation")
+    return wanted // batch
+
+
+def optimizer_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
+    """Images per optimizer step: the global batch times the accumulation steps."""
+    return global_batch_size(config, num_devices) * accumulation_steps(config, num_devices)
 
 
 def eval_global_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:

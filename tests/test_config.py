@@ -52,6 +52,19 @@ def test_resnext_recipes_are_nvidias(recipe):
         _load("50", recipe)
 
 
+def test_optimizer_batch_size_sets_accumulation_and_learning_rate():
+    config = _load()
+    config.per_device_batch_size = 64
+    assert config_lib.accumulation_steps(config, 8) == 1
+    config.optimizer_batch_size = 2048  # NVIDIA's RN50 setting, on 8 GPUs of 64 images
+    assert config_lib.accumulation_steps(config, 8) == 4
+    assert config_lib.optimizer_batch_size(config, 8) == 2048
+    config.optimizer_batch_size = 1000
+    with pytest.raises(ConfigError, match="optimizer_batch_size=1000 is not a multiple of the "
+                                          "global batch 512"):
+        config_lib.accumulation_steps(config, 8)
+
+
 def test_global_batch_size_overrides_per_device_and_must_divide():
     config = _load()
     assert config_lib.global_batch_size(config, 8) == 2048

@@ -16,7 +16,7 @@ NUM_CLASSES, SIZE, BATCH = 5, 32, 16
 
 
 def _setup(num_devices, *, sync_bn=False, dtype=jnp.float32, fp16=False, lr=0.05, wd=1e-4,
-           **model_kwargs):
+           accumulation_steps=1, mixup_alpha=0.0, **model_kwargs):
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
     model = models.create("resnet_tiny", num_classes=NUM_CLASSES, dtype=dtype,
                           bn_axis_name="data" if sync_bn else None, **model_kwargs)
@@ -27,8 +27,9 @@ def _setup(num_devices, *, sync_bn=False, dtype=jnp.float32, fp16=False, lr=0.05
                                      loss_scale=2.0**16 if fp16 else 1.0),
         out_shardings=parallel.replicated(mesh))(jax.random.key(0))
     train_step = step_lib.make_train_step(
-        model, tx, schedule, mesh, num_classes=NUM_CLASSES, label_smoothing=0.1, mixup_alpha=0.0,
-        fp16=fp16, loss_scale_growth_interval=3, seed=0)
+        model, tx, schedule, mesh, num_classes=NUM_CLASSES, label_smoothing=0.1,
+        mixup_alpha=mixup_alpha, fp16=fp16, loss_scale_growth_interval=3, seed=0,
+        accumulation_steps=accumulation_steps)
     return mesh, model, state, train_step
 
 
@@ -138,6 +139,30 @@ def test_per_device_bn_matches_per_shard_reference():
         assert error < 2e-3, (jax.tree_util.keystr(path), error)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  new_stats, mean(stats))
+
+
+def test_accumulated_micro_batches_equal_one_step_on_more_devices():
+    """k=2 micro-batches of 16 images on 4 devices == one step of 32 images on 8 devices.
+
+    Both normalize the same groups of 4 images (per-device BN) and average the
+    same 8 group gradients and BN statistics, so the updates are the same. The
+    same 32 images on 4 devices without accumulation (groups of 8) differ.
+    """
+    results = {}
+    for num_devices, k in ((8, 1), (4, 2), (4, 1)):
+        mesh, _, state, train_step = _setup(num_devices, accumulation_steps=k)
+        for seed in range(2):
+            state, metrics = train_step(state, _batch(mesh, seed, batch=32))
+        results[num_devices, k] = jax.device_get((state.params, state.batch_stats,
+                                                  metrics["loss"]))
+
+    def error(a, b):  # largest difference relative to each leaf's largest value
+        return max(jax.tree.leaves(jax.tree.map(
+            lambda x, y: float(np.abs(x - y).max() / np.abs(y).max()), a, b)))
+
+    # Per-device BN over 4 images amplifies float32 rounding to ~2e-4.
+    assert error(results[4, 2], results[8, 1]) < 1e-3
+    assert error(results[4, 1], results[8, 1]) > 0.1
 
 
 def test_mixup_mixes_images_and_targets_with_one_weight():

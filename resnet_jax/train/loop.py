@@ -160,7 +160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     _prepare(config)
     mesh = parallel.make_mesh()
-    train_batch = config_lib.global_batch_size(config, mesh.size)
+    # One optimizer step reads `train_batch` images: `accumulation` batches of the global size.
+    accumulation = config_lib.accumulation_steps(config, mesh.size)
+    train_batch = config_lib.optimizer_batch_size(config, mesh.size)
     eval_batch = config_lib.eval_global_batch_size(config, mesh.size)
     data = open_data(config, mesh, train_batch=train_batch, eval_batch=eval_batch)
     steps_per_epoch = config_lib.steps_per_epoch(data.num_train_images, train_batch)
@@ -193,8 +195,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = reporting.create_writer(workdir)
     if start_step == 0:
         writer.write_hparams(dict(_flatten(config.to_dict())))
+    batch_text = str(train_batch) + (
+        f" ({accumulation} accumulated batches of {train_batch // accumulation})"
+        if accumulation > 1 else "")
     reporting.log(
-        f"{config.arch}: {mesh.size} devices, global batch {train_batch}, "
+        f"{config.arch}: {mesh.size} devices, {jax.process_count()} processes, "
+        f"global batch {batch_text}, "
         f"{data.num_train_images} train images = {steps_per_epoch} steps/epoch, "
         f"{config.num_epochs} epochs = {total_steps} steps, peak lr {peak_lr:.4g}, "
         f"{config.precision}, data {config.data.backend}"
@@ -204,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         model, tx, schedule, mesh, num_classes=config.num_classes,
         label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
         fp16=config.precision == "fp16",
-        loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed)
+        loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed,
+        accumulation_steps=accumulation)
     eval_step = step_lib.make_eval_step(build_model(config, train=False), mesh)
 
     # A resumed run starts a new shuffle, not a replay of epoch 0's order.

@@ -37,16 +37,23 @@ def mixup(rng, images, targets, alpha: float):
 
 
 def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smoothing: float,
-                    mixup_alpha: float, fp16: bool, loss_scale_growth_interval: int, seed: int):
-    """Returns `train_step(state, batch) -> (state, metrics)`, jitted, the state donated."""
+                    mixup_alpha: float, fp16: bool, loss_scale_growth_interval: int, seed: int,
+                    accumulation_steps: int = 1):
+    """Returns `train_step(state, batch) -> (state, metrics)`, jitted, the state donated.
+
+    With `accumulation_steps` k > 1 each device splits its part of the batch
+    into k micro-batches, run one after the other (the activations of one
+    micro-batch in memory at a time), and averages their gradients and BN
+    statistics before the one optimizer update: the same update as a step on
+    k times the devices, each with one micro-batch.
+    """
     base_key = jax.random.key(seed)
 
-    def device_grads(state: TrainState, images, labels):
-        # Runs once per device on its shard of the batch.
+    def micro_batch_grads(state: TrainState, images, labels, micro: int | jax.Array):
         targets = smoothed_targets(labels, num_classes, label_smoothing)
         if mixup_alpha > 0:
             key = jax.random.fold_in(jax.random.fold_in(base_key, state.step),
-                                     lax.axis_index(AXIS))
+                                     lax.axis_index(AXIS) * accumulation_steps + micro)
             images, targets = mixup(key, images, targets, mixup_alpha)
 
         def scaled_loss(params):
@@ -57,9 +64,27 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
 
         grads, (loss, logits, batch_stats) = jax.grad(scaled_loss, has_aux=True)(state.params)
         top1 = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return grads, batch_stats, {"loss": loss, "top1": top1}
+
+    def device_grads(state: TrainState, images, labels):
+        # Runs once per device on its shard of the batch.
+        if accumulation_steps == 1:
+            out = micro_batch_grads(state, images, labels, 0)
+        else:
+            split = lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:])  # noqa: E731
+
+            def accumulate(total, micro):
+                out = micro_batch_grads(state, *micro)
+                return jax.tree.map(jnp.add, total, out), None
+
+            micro = (split(images), split(labels), jnp.arange(accumulation_steps))
+            zeros = jax.eval_shape(lambda: micro_batch_grads(state, *(m[0] for m in micro)))
+            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+            total, _ = lax.scan(accumulate, zeros, micro)
+            out = jax.tree.map(lambda x: x / accumulation_steps, total)
         # Averaging the per-device means gives the global-batch gradient; running
         # BN statistics are averaged too, so every device keeps the same state.
-        return lax.pmean((grads, batch_stats, {"loss": loss, "top1": top1}), AXIS)
+        return lax.pmean(out, AXIS)
 
     sharded_grads = jax.shard_map(
         device_grads, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P(),
