@@ -73,3 +73,29 @@ def test_missing_or_empty_checkpoint_path_is_a_clear_error(tmp_path):
         checkpoint.resolve(str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="holds no complete checkpoint"):
         checkpoint.resolve(str(tmp_path))
+
+
+def test_training_state_moves_between_device_counts_8_then_1_then_4(tmp_path):
+    meta = {"arch": "resnet_tiny", "num_classes": 4}
+    _, _, on_8 = _state(8, seed=0)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    ckpt.save(on_8, meta)
+    ckpt.close()
+
+    mesh_1, _, fresh = _state(1, seed=1)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    on_1 = ckpt.restore(fresh, parallel.replicated(mesh_1))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(on_1), jax.device_get(on_8))
+    assert jax.tree.leaves(on_1.params)[0].sharding.device_set == {jax.devices()[0]}
+    on_1 = on_1.replace(step=on_1.step + 1,
+                        params=jax.tree.map(lambda x: x * 2, on_1.params))
+    ckpt.save(on_1, meta)
+    ckpt.close()
+
+    mesh_4, _, fresh = _state(4, seed=2)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    assert ckpt.latest_step() == 8
+    on_4 = ckpt.restore(fresh, parallel.replicated(mesh_4))
+    ckpt.close()
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(on_4), jax.device_get(on_1))
+    assert jax.tree.leaves(on_4.opt_state)[0].sharding.device_set == set(jax.devices()[:4])
