@@ -54,6 +54,11 @@ def defaults() -> ml_collections.ConfigDict:
     config.precision = "bf16"
     config.loss_scale_init = 2.0**16
     config.loss_scale_growth_interval = 2000
+    # Steps in a row with non-finite gradients that stop an fp16 run (bf16/fp32: the first).
+    config.max_nonfinite_steps = 20
+    # The data order, crops and flips always follow `seed` (a restart replays them);
+    # deterministic=True also makes XLA's GPU kernels deterministic (somewhat slower).
+    config.deterministic = False
 
     # Model details that NVIDIA's recipe fixes.
     config.model = ml_collections.ConfigDict()
@@ -69,6 +74,9 @@ def defaults() -> ml_collections.ConfigDict:
     config.data.backend = "dali_gpu"  # dali_gpu | dali_cpu | synthetic
     config.data.num_threads = 0  # DALI CPU threads per pipeline; 0: chosen from the core count
     config.data.synthetic_train_images = 1281167  # epoch length for the synthetic backend
+    # Image files that are truncated or not images at all (checked at start-up): False stops
+    # with the first one's name; True leaves them out and logs how many.
+    config.data.skip_bad_images = False
 
     # Bookkeeping.
     config.log_every_steps = 100
@@ -136,6 +144,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"data.root {config.data.root!r} does not exist: pass --config.data.root=DIR "
                 "with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG"
             )
+
+
+def check_workdir(workdir: str) -> None:
+    """Stops at start-up when training could not write to `workdir`; creates nothing."""
+    path = os.path.abspath(workdir)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == path else f"is under the file {existing!r}"
+        raise ConfigError(f"--workdir {workdir!r} {where}, not a folder: pass --workdir=DIR "
+                          "of a new folder or of an earlier run's folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir!r} is not writable ({existing!r} does not allow "
+                          "writing): pass --workdir=DIR in a folder you can write to")
 
 
 def global_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
     The message names the value and the fix, on one line; `main` prints it
     without a traceback and exits non-zero.
     """
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. non-finite gradients); saved checkpoints are intact."""

@@ -6,6 +6,7 @@ latest checkpoint; `--config.mode=eval` evaluates DIR's (or
 """
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -13,7 +14,7 @@ from ml_collections import config_flags
 
 from resnet_jax import config as config_lib
 from resnet_jax import parallel
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, TrainingError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -27,10 +28,17 @@ flags.DEFINE_bool("library_logs", False, "Also show INFO lines of JAX, Orbax, DA
 flags.mark_flags_as_required(["config"])
 
 
+# Orbax warns whenever a restore-only checkpoint manager opens (eval, fine-tuning): not news.
+_ORBAX_READ_ONLY_NOTES = ("CheckpointManagerOptions.read_only=True",
+                          "Given directory is read only")
+
+
 class _ProjectInfoOnly(std_logging.Filter):
     """Keeps INFO lines of resnet_jax and warnings/errors of everyone."""
 
     def filter(self, record):
+        if record.getMessage().startswith(_ORBAX_READ_ONLY_NOTES):
+            return False
         return record.levelno >= std_logging.WARNING or "resnet_jax" in record.pathname
 
 
@@ -42,6 +50,10 @@ def main(argv):
         logging.get_absl_handler().addFilter(_ProjectInfoOnly())
     try:
         config_lib.validate(config)
+        if config.deterministic:
+            # Read when the GPU backend starts, i.e. before the first JAX computation.
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                       + " --xla_gpu_deterministic_ops=true").strip()
         if config.mode == "train" and not FLAGS.workdir:
             raise ConfigError("--workdir is required for training: pass --workdir=runs/NAME")
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -55,6 +67,9 @@ def main(argv):
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
 
 
 def parse_flags(argv):

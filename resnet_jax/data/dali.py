@@ -87,6 +87,11 @@ def _local_devices(mesh: Mesh):
     return [(i, d) for i, d in enumerate(mesh.devices.flat) if d.process_index == here]
 
 
+def _pipeline_seed(seed: int, shard: int) -> int:
+    """DALI's seed for one shard's pipeline: distinct per shard, within int32."""
+    return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0] % (2**31 - 1))
+
+
 def _labels_out(labels, on_gpu: bool):
     # The reader gives each label as a 1-element tensor; the model wants a scalar per image.
     labels = fn.squeeze(labels, axes=[0])
@@ -96,7 +101,7 @@ def _labels_out(labels, on_gpu: bool):
 @pipeline_def
 def _train_pipeline(files, labels, *, shard_id, num_shards, image_size, dtype, on_gpu):
     jpegs, labels = fn.readers.file(
-        files=files, labels=labels, random_shuffle=True, shard_id=shard_id,
+        files=files, labels=labels, random_shuffle=False, shard_id=shard_id,
         num_shards=num_shards, name=_READER)
     if on_gpu:
         images = fn.decoders.image_random_crop(
@@ -167,9 +172,12 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
 
     Random-resized crop (area 8%-100%, aspect 3/4-4/3), resize to image_size,
     random horizontal flip, normalization: NVIDIA's DALI ResNet50 recipe. Each
-    process (dali_cpu) or device (dali_gpu) reads its own shard of the shuffled
-    files; an epoch is `config.steps_per_epoch(len(split), global_batch_size)` steps,
-    after which the stream simply goes on with the next epoch.
+    process (dali_cpu) or device (dali_gpu) reads its own shard of the files in
+    an order drawn from `seed`; an epoch is `config.steps_per_epoch(len(split),
+    global_batch_size)` steps. The order and the random crops and flips depend
+    on `seed` alone: the training loop builds one iterator per epoch with a seed
+    made from (config.seed, epoch), so that a run restarted at any step sees the
+    batches an uninterrupted run sees.
     """
     _check_backend(backend)
     _check_mesh(mesh, backend)
@@ -191,7 +199,7 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
             pipe = _train_pipeline(files, labels, shard_id=position, num_shards=mesh.size,
                                    on_gpu=True, batch_size=batch,
                                    device_id=device.local_hardware_id,
-                                   seed=seed * 1009 + position, **common)
+                                   seed=_pipeline_seed(seed, position), **common)
             pipelines.append(pipe)
         iterator = DALIGenericIterator(
             pipelines, ["images", "labels"], reader_name=_READER, auto_reset=True,
@@ -207,7 +215,7 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
     process, num_processes = jax.process_index(), jax.process_count()
     pipe = _train_pipeline(files, labels, shard_id=process, num_shards=num_processes,
                            on_gpu=False, batch_size=global_batch_size // num_processes,
-                           device_id=None, seed=seed * 1009 + process, **common)
+                           device_id=None, seed=_pipeline_seed(seed, process), **common)
     pipe.build()
 
     def cpu_batches():

@@ -4,15 +4,18 @@ from collections.abc import Callable, Iterator
 import dataclasses
 import functools
 import os
+import signal
+import threading
 import time
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from resnet_jax import checkpoint, models, parallel, reporting
 from resnet_jax import config as config_lib
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, TrainingError
 from resnet_jax.train import optimizer, precision
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
@@ -55,15 +58,13 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
 
     pipelines = jax.local_device_count() if config.data.backend == "dali_gpu" else 1
     threads = _num_threads(config, pipelines)
-    val = folders.scan_split(config.data.root, "val")
-    train = folders.scan_split(config.data.root, "train") if with_train else val
+    # Unreadable image files stop the run with their name, or are left out and counted.
+    bad_images = "skip" if config.data.skip_bad_images else "error"
+    val = folders.scan_split(config.data.root, "val", bad_images=bad_images)
+    train = (folders.scan_split(config.data.root, "train", bad_images=bad_images)
+             if with_train else val)
     folders.check_num_classes(train.class_names, config.num_classes, config.data.root)
-    if with_train and val.class_names != train.class_names:
-        raise ConfigError(
-            f"data.root {config.data.root!r}: val/ has {len(val.class_names)} class folders and "
-            f"train/ has {len(train.class_names)}, or their names differ: both need the same "
-            "class folders"
-        )
+    folders.check_same_classes(train.class_names, val.class_names, config.data.root)
     return Data(
         num_train_images=len(train),
         class_names=list(train.class_names),
@@ -140,6 +141,26 @@ def _init_from_checkpoint(config, state, sharding):
     return state.replace(params=params, batch_stats=variables["batch_stats"])
 
 
+def _resume_position(state, saved: dict, train_batch: int, sharding):
+    """The restored state, its step counted in batches of `train_batch` images.
+
+    A run resumed with another global batch (other batch size or device count)
+    goes on from the same number of images seen, and so the same epoch and
+    learning-rate position; the optimizer's schedule count moves with the step.
+    """
+    images = saved.get("images_seen")
+    step = int(jax.device_get(state.step))
+    if images is None or images == step * train_batch:
+        return state
+    new_step = images // train_batch
+    reporting.log(f"the global batch is now {train_batch} (was {images // max(step, 1)}): "
+                  f"step {step} becomes step {new_step}, after the same {images} images")
+    # Two arrays, not one: the train step donates every leaf of the state.
+    count = lambda: jax.device_put(np.asarray(new_step, state.step.dtype), sharding)  # noqa: E731
+    opt_state = optax.tree_utils.tree_set(state.opt_state, count=count())
+    return state.replace(step=count(), opt_state=opt_state)
+
+
 def _mean_metrics(history: list[dict]) -> dict:
     fetched = jax.device_get(history)
     return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -159,6 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns the last evaluation's metrics (empty without evaluation data).
     """
     _prepare(config)
+    config_lib.check_workdir(workdir)
     mesh = parallel.make_mesh()
     # One optimizer step reads `train_batch` images: `accumulation` batches of the global size.
     accumulation = config_lib.accumulation_steps(config, mesh.size)
@@ -186,8 +208,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     if ckpt.latest_step() is not None:
         _check_compatible(ckpt.latest_meta(), config, f"the checkpoint in {ckpt.directory!r}")
-        state = ckpt.restore(state, replicated)
-        reporting.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
+        saved = ckpt.latest_meta()
+        state = _resume_position(ckpt.restore(state, replicated), saved, train_batch,
+                                 replicated)
+        reporting.log(f"resumed from {ckpt.directory} at step {int(state.step)} "
+                      f"(epoch {int(state.step) / steps_per_epoch:.2f})")
     elif config.init_checkpoint:
         state = _init_from_checkpoint(config, state, replicated)
     start_step = int(jax.device_get(state.step))
@@ -214,45 +239,156 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         accumulation_steps=accumulation)
     eval_step = step_lib.make_eval_step(build_model(config, train=False), mesh)
 
-    # A resumed run starts a new shuffle, not a replay of epoch 0's order.
-    batches = data.train(config.seed + start_step // steps_per_epoch)
     progress = reporting.Progress(total_steps=total_steps, start_step=start_step,
                                   global_batch_size=train_batch)
-    history, eval_metrics = [], {}
+    guard = NonFiniteGuard(config.max_nonfinite_steps if config.precision == "fp16" else 1,
+                           config.precision)
+    history, eval_metrics, batches, saved_at = [], {}, None, None
     compile_start = time.perf_counter()
     try:
-        for step in range(start_step + 1, total_steps + 1):
-            state, metrics = train_step(state, next(batches))
-            history.append(metrics)
-            if step == start_step + 1:
-                jax.block_until_ready(metrics)
-                reporting.log(f"first step (compilation included) took "
-                              f"{time.perf_counter() - compile_start:.1f}s")
-                progress.reset(step)
-            if step % config.log_every_steps == 0 or step == total_steps:
-                summary = _mean_metrics(history)
-                speed = progress.mark(step)
-                history = []
-                writer.write_scalars(step, {**{f"train/{k}": v for k, v in summary.items()},
-                                            "train/images_per_sec": speed["images_per_sec"]})
-                reporting.log(progress.line(step, step / steps_per_epoch, config.num_epochs,
-                                            summary, speed))
-            if step % steps_per_epoch:
-                continue
-            epoch = step // steps_per_epoch
-            with progress.pause():
-                if data.eval is not None and (epoch % config.eval_every_epochs == 0
-                                              or step == total_steps):
-                    eval_metrics = evaluate(eval_step, state.params, state.batch_stats, data.eval)
-                    writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                    reporting.log(f"eval epoch {epoch}: {_format_eval(eval_metrics)}")
-                if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
-                    ckpt.save(state, {**meta, "epoch": epoch})
+        with StopSignals() as stop:
+            for step in range(start_step + 1, total_steps + 1):
+                epoch_index, offset = divmod(step - 1, steps_per_epoch)
+                if batches is None or offset == 0:
+                    batches = None  # frees the last epoch's pipelines first
+                    batches = data.train(epoch_seed(config.seed, epoch_index))
+                    for _ in range(offset):  # resumed mid-epoch: replay up to here
+                        next(batches)
+                state, metrics = train_step(state, next(batches))
+                history.append(metrics)
+                guard.add(metrics["grads_finite"])
+                if step == start_step + 1:
+                    jax.block_until_ready(metrics)
+                    reporting.log(f"first step (compilation included) took "
+                                  f"{time.perf_counter() - compile_start:.1f}s")
+                    progress.reset(step)
+                logged = step % config.log_every_steps == 0 or step == total_steps
+                if logged:
+                    guard.check(step, ckpt)
+                    summary = _mean_metrics(history)
+                    speed = progress.mark(step)
+                    history = []
+                    writer.write_scalars(step, {**{f"train/{k}": v for k, v in summary.items()},
+                                                "train/images_per_sec": speed["images_per_sec"]})
+                    reporting.log(progress.line(step, step / steps_per_epoch, config.num_epochs,
+                                                summary, speed))
+                epoch_end = step % steps_per_epoch == 0
+                if epoch_end:
+                    epoch = step // steps_per_epoch
+                    with progress.pause():
+                        if data.eval is not None and (epoch % config.eval_every_epochs == 0
+                                                      or step == total_steps):
+                            eval_metrics = evaluate(eval_step, state.params, state.batch_stats,
+                                                    data.eval)
+                            writer.write_scalars(
+                                step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                            reporting.log(f"eval epoch {epoch}: {_format_eval(eval_metrics)}")
+                        if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+                            guard.check(step, ckpt)
+                            ckpt.save(state, {**meta, "epoch": epoch,
+                                              "images_seen": step * train_batch})
+                            saved_at = step
+                # Several processes stop together: they agree at logged steps.
+                if stop.requested(collective=logged):
+                    guard.check(step, ckpt)
+                    if saved_at != step:
+                        ckpt.save(state, {**meta, "epoch": step / steps_per_epoch,
+                                          "images_seen": step * train_batch})
+                    ckpt.wait()
+                    reporting.log(f"stopped by {stop.signal_name} after step {step}: checkpoint "
+                                  f"saved in {ckpt.directory}; run the same command to resume")
+                    break
     finally:
         # Also on an error: pending checkpoint writes finish, metrics reach the disk.
         ckpt.close()
         writer.close()
     return eval_metrics
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data seed of one epoch (file order, crops, flips): a function of both, nothing else."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask the loop to stop after the current step (a second SIGINT aborts).
+
+    Preemption (SLURM, Kubernetes) sends SIGTERM; Ctrl-C sends SIGINT. The loop
+    saves a checkpoint and returns normally, so the process exits 0.
+    """
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+        reporting.log(f"{self.signal_name}: stopping after this step and saving a checkpoint")
+        # A second Ctrl-C interrupts at once.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def requested(self, *, collective: bool) -> bool:
+        """True when this process (alone), or at a collective check any process, got a signal."""
+        if jax.process_count() == 1:
+            return self.signal_name is not None
+        if not collective:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.int32(self.signal_name is not None))
+        if np.any(flags) and self.signal_name is None:
+            self.signal_name = "a signal to another process"
+        return bool(np.any(flags))
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class NonFiniteGuard:
+    """Stops training after `limit` steps in a row with non-finite gradients.
+
+    Such a step never changes the parameters (the train step keeps the old
+    state); with fp16 it also halves the loss scale, and a few in a row are
+    normal at the start. The check fetches the flags of the steps since the
+    last check, so it costs no device sync of its own.
+    """
+
+    def __init__(self, limit: int, precision_name: str):
+        self.limit = max(1, limit)
+        self.precision = precision_name
+        self._pending = []
+        self.in_a_row = 0
+
+    def add(self, finite) -> None:
+        """Records one step's `grads_finite` (a device scalar)."""
+        self._pending.append(finite)
+
+    def check(self, step: int, ckpt) -> None:
+        """Raises TrainingError when the last `limit` steps all had non-finite gradients."""
+        for finite in jax.device_get(self._pending):
+            self.in_a_row = 0 if finite else self.in_a_row + 1
+            if self.in_a_row >= self.limit:
+                break
+        self._pending = []
+        if self.in_a_row >= self.limit:
+            last = ckpt.latest_step()
+            kept = (f"the last checkpoint (step {last}) is intact" if last is not None
+                    else "no checkpoint was written")
+            hint = ("raise --config.max_nonfinite_steps if the loss scale is still settling, "
+                    if self.precision == "fp16" else "")
+            raise TrainingError(
+                f"{self.in_a_row} training step(s) in a row up to step {step} had a non-finite "
+                f"loss or gradients ({self.precision}); the parameters were not updated by "
+                f"them and {kept}. Lower --config.base_learning_rate, {hint}or try "
+                f"--config.precision=fp32, then run the same command to resume")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) -> dict:

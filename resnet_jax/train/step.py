@@ -97,12 +97,12 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
         finite = precision.all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        if fp16:
-            # An overflowing step must change nothing but the loss scale.
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-            params = keep(params, state.params)
-            opt_state = keep(opt_state, state.opt_state)
-            batch_stats = keep(batch_stats, state.batch_stats)
+        # A non-finite step (an fp16 overflow, or a diverging run in any precision)
+        # changes nothing but the loss scale: the loop counts such steps and stops.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        params = keep(params, state.params)
+        opt_state = keep(opt_state, state.opt_state)
+        batch_stats = keep(batch_stats, state.batch_stats)
         loss_scale, good_steps = precision.update_loss_scale(
             state.loss_scale, state.good_steps, finite,
             growth_interval=loss_scale_growth_interval, enabled=fp16,

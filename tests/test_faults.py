@@ -1,0 +1,176 @@
+"""Faults: SIGKILL and SIGTERM mid-run, an interrupted save, a diverging run, a changed batch.
+
+Each run is `python -m resnet_jax.main` on a generated JPEG tree with the tiny
+model and DALI on the CPU, killed for real; the final parameters are compared
+with those of an uninterrupted run of the same length, which must be identical.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import checkpoint, convert, parallel
+from resnet_jax.data.demo import make_demo_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
+# 33 images, global batch 8 (8 devices x 1): 4 steps per epoch, 3 epochs = 12 steps.
+TOTAL_STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_demo_dataset(str(root), num_classes=3, train_per_class=11, val_per_class=2,
+                      image_size=40, seed=2)
+    return str(root)
+
+
+def _command(workdir, data_root, *overrides):
+    return [sys.executable, "-m", "resnet_jax.main", f"--config={RECIPE}",
+            f"--workdir={workdir}", "--config.arch=resnet_tiny", "--config.num_classes=3",
+            f"--config.data.root={data_root}", "--config.data.backend=dali_cpu",
+            "--config.image_size=32", "--config.eval_resize_size=36",
+            "--config.eval_image_size=32", "--config.per_device_batch_size=1",
+            "--config.num_epochs=3", "--config.warmup_epochs=1", "--config.log_every_steps=1",
+            "--config.precision=fp32", "--config.deterministic=true",
+            "--config.data.num_threads=2", *overrides]
+
+
+def _run(workdir, data_root, *overrides):
+    result = subprocess.run(_command(workdir, data_root, *overrides), capture_output=True,
+                            text=True, timeout=300, cwd=ROOT)
+    return result, result.stdout + result.stderr
+
+
+def _run_until_step(workdir, data_root, step, sig):
+    """Starts a run, sends `sig` once its progress line for `step` is out; returns its output."""
+    process = subprocess.Popen(_command(workdir, data_root), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if f"step {step}/{TOTAL_STEPS}" in line:
+            process.send_signal(sig)
+            break
+    lines.extend(process.stdout)
+    process.wait(timeout=300)
+    return process.returncode, "".join(lines)
+
+
+def _final(workdir):
+    directory, step = checkpoint.resolve(str(workdir))
+    abstract = convert.abstract_variables("resnet_tiny", 3)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    variables = checkpoint.restore_model(directory, step, abstract, parallel.replicated(mesh))
+    return step, jax.device_get(variables)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_root):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result, output = _run(workdir, data_root)
+    assert result.returncode == 0, output
+    assert f"step {TOTAL_STEPS}/{TOTAL_STEPS}" in output
+    return _final(workdir)
+
+
+def _assert_identical(got, want):
+    assert got[0] == want[0] == TOTAL_STEPS
+    jax.tree.map(np.testing.assert_array_equal, got[1], want[1])
+
+
+def test_sigkill_at_a_random_step_then_restart_ends_identical(tmp_path, data_root,
+                                                              uninterrupted):
+    workdir = tmp_path / "killed"
+    kill_at = random.Random().randint(2, TOTAL_STEPS - 2)
+    code, output = _run_until_step(workdir, data_root, kill_at, signal.SIGKILL)
+    assert code == -signal.SIGKILL, output
+    result, output = _run(workdir, data_root)
+    assert result.returncode == 0, output
+    if kill_at >= 4:
+        assert "resumed from" in output, (kill_at, output)
+    _assert_identical(_final(workdir), uninterrupted)
+
+
+def test_sigterm_saves_mid_epoch_exits_0_and_resumes_identical(tmp_path, data_root,
+                                                               uninterrupted):
+    workdir = tmp_path / "preempted"
+    code, output = _run_until_step(workdir, data_root, 6, signal.SIGTERM)
+    assert code == 0, output
+    assert "SIGTERM: stopping after this step" in output
+    assert "stopped by SIGTERM after step" in output and "run the same command" in output
+    stopped_at = int(output.split("stopped by SIGTERM after step ")[1].split(":")[0])
+    assert 6 <= stopped_at < TOTAL_STEPS
+    assert checkpoint.resolve(str(workdir))[1] == stopped_at
+    with open(workdir / "metrics.jsonl") as f:  # flushed before the exit
+        assert f'"step": {stopped_at}' in f.read()
+
+    result, output = _run(workdir, data_root)
+    assert result.returncode == 0, output
+    assert f"at step {stopped_at}" in output
+    _assert_identical(_final(workdir), uninterrupted)
+
+
+def test_interrupted_save_is_never_the_latest(tmp_path):
+    """A process killed while Orbax writes step 2 leaves step 1 as the latest checkpoint."""
+    script = textwrap.dedent(f"""
+        import os, signal, jax, jax.numpy as jnp
+        from resnet_jax import checkpoint
+        from resnet_jax.train.state import TrainState
+        def state(step, size):
+            return TrainState(step=jnp.int32(step), params={{"w": jnp.ones((size,))}},
+                              batch_stats={{}}, opt_state={{}}, loss_scale=jnp.float32(1),
+                              good_steps=jnp.int32(0))
+        ckpt = checkpoint.Checkpointer({str(tmp_path)!r}, keep=3)
+        ckpt.save(state(1, 8), {{"arch": "resnet_tiny", "num_classes": 3}})
+        ckpt.wait()
+        ckpt.save(state(2, 50_000_000), {{"arch": "resnet_tiny", "num_classes": 3}})
+        os.kill(os.getpid(), signal.SIGKILL)  # while the 200 MB write is under way
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    leftovers = os.listdir(tmp_path / "checkpoints")
+    assert "1" in leftovers and "2" not in leftovers, leftovers
+    directory, step = checkpoint.resolve(str(tmp_path))
+    assert step == 1
+    assert checkpoint.read_meta(directory, step)["num_classes"] == 3
+
+
+def test_diverging_run_stops_with_the_last_checkpoint_intact(tmp_path, data_root):
+    workdir = tmp_path / "diverging"
+    result, output = _run(workdir, data_root, "--config.num_epochs=1", "--config.warmup_epochs=0")
+    assert result.returncode == 0, output
+    before = _final(workdir)
+    assert before[0] == 4
+
+    result, output = _run(workdir, data_root, "--config.base_learning_rate=1e30",
+                          "--config.precision=fp16", "--config.max_nonfinite_steps=3")
+    assert result.returncode == 3, output
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: 3 training step(s) in a row up to step")
+    assert "the last checkpoint (step 4) is intact" in error
+    after = _final(workdir)
+    assert after[0] == 4
+    jax.tree.map(np.testing.assert_array_equal, after[1], before[1])
+
+
+def test_resume_with_another_batch_size_continues_from_the_same_images(tmp_path, data_root):
+    workdir = tmp_path / "rebatched"
+    result, output = _run(workdir, data_root, "--config.num_epochs=1", "--config.warmup_epochs=0")
+    assert result.returncode == 0, output
+    # Twice the batch: 16 images a step, 2 steps per epoch; 4 steps of 8 = 2 steps of 16.
+    result, output = _run(workdir, data_root, "--config.per_device_batch_size=2",
+                          "--config.num_epochs=2")
+    assert result.returncode == 0, output
+    assert "step 4 becomes step 2, after the same 32 images" in output
+    assert "at step 2 (epoch 1.00)" in output
+    assert _final(workdir)[0] == 4
