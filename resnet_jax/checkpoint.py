@@ -81,6 +81,12 @@ class Checkpointer:
         model, train = restored["model"], restored["train"]
         return state.replace(params=model["params"], batch_stats=model["batch_stats"], **train)
 
+    def delete_after(self, step: int) -> None:
+        """Deletes the checkpoints of steps after `step` (numbered in another batch size)."""
+        for saved in self._manager.all_steps():
+            if saved > step:
+                self._manager.delete(saved)
+
     def wait(self) -> None:
         """Blocks until the last save is on disk."""
         self._manager.wait_until_finished()

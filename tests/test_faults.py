@@ -18,6 +18,8 @@ import pytest
 
 from resnet_jax import checkpoint, convert, parallel
 from resnet_jax.data.demo import make_demo_dataset
+from resnet_jax.errors import TrainingError
+from resnet_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
@@ -87,35 +89,34 @@ def _assert_identical(got, want):
     jax.tree.map(np.testing.assert_array_equal, got[1], want[1])
 
 
-def test_sigkill_at_a_random_step_then_restart_ends_identical(tmp_path, data_root,
-                                                              uninterrupted):
-    workdir = tmp_path / "killed"
-    kill_at = random.Random().randint(2, TOTAL_STEPS - 2)
-    code, output = _run_until_step(workdir, data_root, kill_at, signal.SIGKILL)
-    assert code == -signal.SIGKILL, output
-    result, output = _run(workdir, data_root)
-    assert result.returncode == 0, output
-    if kill_at >= 4:
-        assert "resumed from" in output, (kill_at, output)
-    _assert_identical(_final(workdir), uninterrupted)
+def _committed_steps(workdir):
+    folder = workdir / "checkpoints"
+    return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if folder.is_dir() else []
 
 
-def test_sigterm_saves_mid_epoch_exits_0_and_resumes_identical(tmp_path, data_root,
-                                                               uninterrupted):
-    workdir = tmp_path / "preempted"
-    code, output = _run_until_step(workdir, data_root, 6, signal.SIGTERM)
+def test_sigterm_then_sigkill_then_restart_ends_identical(tmp_path, data_root, uninterrupted):
+    workdir = tmp_path / "run"
+    # Preemption: finish the step, save mid-epoch, flush, exit 0.
+    code, output = _run_until_step(workdir, data_root, 5, signal.SIGTERM)
     assert code == 0, output
     assert "SIGTERM: stopping after this step" in output
     assert "stopped by SIGTERM after step" in output and "run the same command" in output
     stopped_at = int(output.split("stopped by SIGTERM after step ")[1].split(":")[0])
-    assert 6 <= stopped_at < TOTAL_STEPS
-    assert checkpoint.resolve(str(workdir))[1] == stopped_at
+    assert 5 <= stopped_at < TOTAL_STEPS - 1
+    assert _committed_steps(workdir)[-1] == stopped_at
     with open(workdir / "metrics.jsonl") as f:  # flushed before the exit
         assert f'"step": {stopped_at}' in f.read()
 
+    # Resumed there, then killed for real at a random later step.
+    kill_at = random.Random().randint(stopped_at + 1, TOTAL_STEPS - 1)
+    code, output = _run_until_step(workdir, data_root, kill_at, signal.SIGKILL)
+    assert code == -signal.SIGKILL, output
+    assert f"at step {stopped_at}" in output
+    latest = _committed_steps(workdir)[-1]  # an async save may not have finished
+
     result, output = _run(workdir, data_root)
     assert result.returncode == 0, output
-    assert f"at step {stopped_at}" in output
+    assert f"at step {latest}" in output, (kill_at, latest, output)
     _assert_identical(_final(workdir), uninterrupted)
 
 
@@ -145,26 +146,8 @@ def test_interrupted_save_is_never_the_latest(tmp_path):
     assert checkpoint.read_meta(directory, step)["num_classes"] == 3
 
 
-def test_diverging_run_stops_with_the_last_checkpoint_intact(tmp_path, data_root):
-    workdir = tmp_path / "diverging"
-    result, output = _run(workdir, data_root, "--config.num_epochs=1", "--config.warmup_epochs=0")
-    assert result.returncode == 0, output
-    before = _final(workdir)
-    assert before[0] == 4
-
-    result, output = _run(workdir, data_root, "--config.base_learning_rate=1e30",
-                          "--config.precision=fp16", "--config.max_nonfinite_steps=3")
-    assert result.returncode == 3, output
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: 3 training step(s) in a row up to step")
-    assert "the last checkpoint (step 4) is intact" in error
-    after = _final(workdir)
-    assert after[0] == 4
-    jax.tree.map(np.testing.assert_array_equal, after[1], before[1])
-
-
-def test_resume_with_another_batch_size_continues_from_the_same_images(tmp_path, data_root):
-    workdir = tmp_path / "rebatched"
+def test_resume_with_another_batch_then_a_diverging_run_stops(tmp_path, data_root):
+    workdir = tmp_path / "run"
     result, output = _run(workdir, data_root, "--config.num_epochs=1", "--config.warmup_epochs=0")
     assert result.returncode == 0, output
     # Twice the batch: 16 images a step, 2 steps per epoch; 4 steps of 8 = 2 steps of 16.
@@ -173,4 +156,38 @@ def test_resume_with_another_batch_size_continues_from_the_same_images(tmp_path,
     assert result.returncode == 0, output
     assert "step 4 becomes step 2, after the same 32 images" in output
     assert "at step 2 (epoch 1.00)" in output
-    assert _final(workdir)[0] == 4
+    before = _final(workdir)
+    assert before[0] == 4
+
+    # Back to batch 8 (step 8), with a learning rate that soon overflows every step:
+    # fp16 skips those steps, and 3 in a row stop the run before the next checkpoint.
+    result, output = _run(workdir, data_root, "--config.base_learning_rate=1e30",
+                          "--config.precision=fp16", "--config.max_nonfinite_steps=3")
+    assert result.returncode == 3, output
+    assert "step 4 becomes step 8, after the same 64 images" in output
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: 3 training step(s) in a row up to step")
+    # The checkpoint resumed from, renumbered in batches of 8 (step 8), is the last one.
+    assert "the last checkpoint (step 8) is intact" in error
+    after = _final(workdir)
+    assert after[0] == 8
+    jax.tree.map(np.testing.assert_array_equal, after[1], before[1])
+
+
+def test_non_finite_guard_counts_steps_in_a_row():
+    class Checkpoints:
+        def latest_step(self):
+            return 40
+
+    guard = loop.NonFiniteGuard(3, "fp16")
+    for finite in (True, False, False, True, False, False):
+        guard.add(np.bool_(finite))
+    guard.check(46, Checkpoints())  # never 3 in a row
+    guard.add(np.bool_(False))
+    with pytest.raises(TrainingError, match=r"^3 training step\(s\) in a row up to step 47 "
+                                            r".*\(fp16\).*checkpoint \(step 40\) is intact"):
+        guard.check(47, Checkpoints())
+    strict = loop.NonFiniteGuard(1, "bf16")
+    strict.add(np.bool_(False))
+    with pytest.raises(TrainingError, match="1 training step"):
+        strict.check(1, Checkpoints())

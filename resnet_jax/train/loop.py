@@ -209,8 +209,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if ckpt.latest_step() is not None:
         _check_compatible(ckpt.latest_meta(), config, f"the checkpoint in {ckpt.directory!r}")
         saved = ckpt.latest_meta()
+        saved_step = ckpt.latest_step()
         state = _resume_position(ckpt.restore(state, replicated), saved, train_batch,
                                  replicated)
+        new_step = int(jax.device_get(state.step))
+        if new_step != saved_step:
+            # Steps are now counted in other batches: save under the new number first, then
+            # drop the old-numbered checkpoints that later saves would collide with.
+            ckpt.save(state, {**saved, "images_seen": saved.get("images_seen")})
+            ckpt.wait()
+            ckpt.delete_after(new_step)
         reporting.log(f"resumed from {ckpt.directory} at step {int(state.step)} "
                       f"(epoch {int(state.step) / steps_per_epoch:.2f})")
     elif config.init_checkpoint:
