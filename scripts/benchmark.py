@@ -1,0 +1,563 @@
+"""Training and inference throughput of resnet_jax, next to a PyTorch reference in the same run.
+
+  python scripts/benchmark.py [--archs resnet50_v15] [--precisions bf16] [--batch-sizes 256]
+      [--image-size 224] [--modes train,infer] [--data synthetic,dali] [--data-root DIR]
+      [--warmup-steps 5] [--steps 20] [--no-torch] [--json FILE]
+
+Each row builds the model, state, optimizer and train step as the trainer
+does (resnet_jax.train.loop.build_model, state.create, optimizer.create,
+step.make_train_step) on a mesh of all devices; inference is an eval-mode
+jitted `model.apply`. Data is the synthetic device-resident batch or the
+DALI training pipeline (dali_gpu on GPUs, dali_cpu otherwise; the random
+crops of training also feed the inference rows). Without --data-root a small
+JPEG tree is drawn into a temporary folder.
+
+Timing: the first step (compilation included) is timed alone, then the
+warm-up steps run, then each timed step is dispatched before the host waits
+for the previous step's result (a loss or the logits), so that one step is
+queued as in the trainer. A step's time is the interval between two results;
+img/s is the global batch over the median step time. MFU counts model FLOPs
+only: 2 x the forward multiply-accumulates per image, x3 for training, over
+the device's dense peak (n/a for unknown devices and CPUs). 'peak mem' is the
+device allocator's peak so far in this process (GPUs; rows run in order),
+'xla mem' XLA's compiled size of the step (arguments, outputs, temporaries),
+'others' the share of the cores that other processes used meanwhile.
+The script sets XLA_PYTHON_CLIENT_PREALLOCATE=false (unless set), so that
+PyTorch finds GPU memory in the same process.
+
+The PyTorch reference (torchvision or timm when importable, else
+resnet_jax.torch_reference) runs the same rows on one device with the
+per-device batch: forward, cross-entropy with label smoothing 0.1,
+backward, SGD with momentum 0.875; on GPUs channels_last and autocast for
+bf16/fp16 (GradScaler for fp16), TF32 only for tf32; on CPUs fp32 with
+torch.set_num_threads(cores) (autocast for bf16/fp16 rows). The ratio is
+resnet_jax img/s per device over the reference's img/s.
+"""
+
+import argparse
+import datetime
+import functools
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+
+from resnet_jax import config as config_lib
+from resnet_jax import models, parallel
+from resnet_jax.models import flops
+from resnet_jax.train import loop, optimizer, precision
+from resnet_jax.train import state as state_lib
+from resnet_jax.train import step as step_lib
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+MODES = ("train", "infer")
+DATA = ("synthetic", "dali")
+
+# Dense peak FLOP/s per device by device kind (first match wins), from NVIDIA's data sheets.
+_H100_SXM = {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12}
+PEAK_FLOPS = (
+    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12}),
+    ("H100 NVL", {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12}),
+    ("H100", _H100_SXM),
+    ("H200", _H100_SXM),
+    ("A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
+)
+
+# timm's names for the three models (torchvision has only ResNet50).
+_TIMM_NAMES = {"resnet50_v15": "resnet50", "resnext101_32x4d": "resnext101_32x4d",
+               "se_resnext101_32x4d": "seresnext101_32x4d"}
+
+
+def peak_flops(device_kind: str, precision_name: str) -> float | None:
+    """The device's dense peak FLOP/s in this precision, or None when unknown."""
+    for name, peaks in PEAK_FLOPS:
+        if name.lower() in device_kind.lower():
+            return peaks[precision_name]
+    return None
+
+
+def _csv(choices=None, cast=str):
+    def parse(text):
+        values = [cast(v) for v in text.split(",") if v]
+        bad = [v for v in values if choices is not None and v not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give a comma-separated list of {', '.join(choices or ['values'])}")
+        return values
+    return parse
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, of this process) so far; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(ticks) - ticks[3] - ticks[4]  # less idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def others_load(start, end, wall: float) -> float | None:
+    """The share of all cores that other processes kept busy between two _cpu_seconds().
+
+    None when unknown, or for less than a second (the machine's counters tick at 10 ms).
+    """
+    if start is None or end is None or wall < 1.0:
+        return None
+    others = (end[0] - start[0]) - (end[1] - start[1])
+    return min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1))))
+
+
+def time_steps(dispatch, wait, warmup: int, steps: int) -> tuple[float, list[float], float]:
+    """(first step's seconds, per-step seconds of the timed steps, others' load) of a step.
+
+    `dispatch()` starts one step and returns what `wait` blocks on. Timed steps
+    keep one step queued: step i+1 is dispatched before waiting for step i, and
+    a step's time runs from the previous wait's end to its own. One more step
+    than timed is dispatched, so that a framework that runs each step inside
+    `dispatch` (eager PyTorch on a CPU) is timed on full steps too.
+    """
+    start = time.perf_counter()
+    wait(dispatch())
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        wait(dispatch())
+    times = []
+    pending = dispatch()
+    cpu, last = _cpu_seconds(), time.perf_counter()
+    start = last
+    for _ in range(steps):
+        handle = dispatch()
+        wait(pending)
+        now = time.perf_counter()
+        times.append(now - last)
+        last, pending = now, handle
+    load = others_load(cpu, _cpu_seconds(), last - start)
+    wait(pending)
+    return first, times, load
+
+
+def _summary(first: float, times: list[float], load: float | None, batch: int) -> dict:
+    median = statistics.median(times)
+    times = sorted(times)
+    return {"images_per_sec": batch / median, "step_ms": 1e3 * median,
+            "step_ms_min": 1e3 * times[0], "step_ms_max": 1e3 * times[-1], "compile_s": first,
+            "others_load": load}
+
+
+def _config(args, arch: str, precision_name: str, batch: int, data: str):
+    config = config_lib.defaults()
+    config.arch = arch
+    config.precision = precision_name
+    config.per_device_batch_size = batch
+    config.image_size = args.image_size
+    config.data.backend = "synthetic" if data == "synthetic" else args.dali_backend
+    config.data.num_threads = args.dali_threads
+    config.data.root = args.data_root or ""
+    return config
+
+
+def _dali_threads(config, pipelines: int) -> int:
+    # The trainer's rule (loop._num_threads): data.num_threads, else the cores per pipeline, <= 8.
+    return config.data.num_threads or max(1, min(8, (os.cpu_count() or 2) // pipelines))
+
+
+def _jax_batches(args, config, mesh, global_batch: int):
+    image_dtype = precision.image_dtype(config.precision)
+    if config.data.backend == "synthetic":
+        from resnet_jax.data import synthetic
+
+        return synthetic.train_iterator(
+            global_batch_size=global_batch, image_size=config.image_size,
+            image_dtype=image_dtype, num_classes=config.num_classes, mesh=mesh, seed=0)
+    from resnet_jax.data import dali, folders
+
+    pipelines = jax.local_device_count() if config.data.backend == "dali_gpu" else 1
+    return dali.train_iterator(
+        folders.scan_split(args.data_root, "train"), global_batch_size=global_batch,
+        image_size=config.image_size, image_dtype=image_dtype, mesh=mesh, seed=0,
+        backend=config.data.backend, num_threads=_dali_threads(config, pipelines))
+
+
+def _memory(compiled) -> int | None:
+    """XLA's compiled size: arguments + outputs + temporaries, less donated (aliased) buffers."""
+    try:
+        m = compiled.memory_analysis()
+        return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                - m.alias_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
+
+
+def _peak_memory() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def bench_jax(args, arch: str, precision_name: str, batch: int, data: str, mode: str) -> dict:
+    """One resnet_jax row: the trainer's train step, or an eval-mode apply."""
+    config = _config(args, arch, precision_name, batch, data)
+    config_lib.validate(config)
+    jax.config.update("jax_default_matmul_precision",
+                      precision.matmul_precision(precision_name))
+    mesh = parallel.make_mesh()
+    global_batch = config_lib.global_batch_size(config, mesh.size)
+    replicated = parallel.replicated(mesh)
+    batches = _jax_batches(args, config, mesh, global_batch)
+    key = jax.random.key(config.seed)
+    if mode == "train":
+        # The schedule of a real ImageNet run of this batch (the rate only scales the update).
+        steps_per_epoch = config_lib.steps_per_epoch(1281167, global_batch)
+        schedule = optimizer.warmup_cosine(
+            config_lib.learning_rate(config, global_batch),
+            config.warmup_epochs * steps_per_epoch, config.num_epochs * steps_per_epoch)
+        tx = optimizer.create(schedule, momentum=config.momentum, nesterov=config.nesterov,
+                              weight_decay=config.weight_decay)
+        model = loop.build_model(config)
+        fp16 = precision_name == "fp16"
+        state = jax.jit(
+            functools.partial(state_lib.create, model, tx, image_size=config.image_size,
+                              loss_scale=config.loss_scale_init if fp16 else 1.0),
+            out_shardings=replicated)(key)
+        train_step = step_lib.make_train_step(
+            model, tx, schedule, mesh, num_classes=config.num_classes,
+            label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha, fp16=fp16,
+            loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed)
+        box = {"state": state}
+
+        def dispatch():
+            box["batch"] = next(batches)
+            box["state"], metrics = train_step(box["state"], box["batch"])
+            return metrics["loss"]
+
+        wait = jax.device_get  # a host sync on the loss
+        step_fn, example = train_step, lambda: (box["state"], box["batch"])
+    else:
+        model = loop.build_model(config, train=False)
+        variables = jax.jit(functools.partial(state_lib.init_variables, model,
+                                              image_size=config.image_size),
+                            out_shardings=replicated)(key)
+        apply = jax.jit(lambda v, images: model.apply(v, images, train=False),
+                        in_shardings=(replicated, parallel.batch_sharded(mesh)),
+                        out_shardings=parallel.batch_sharded(mesh))
+
+        box = {}
+
+        def dispatch():
+            box["images"] = next(batches)["images"]
+            return apply(variables, box["images"])
+
+        wait = jax.block_until_ready
+        step_fn, example = apply, lambda: (variables, box["images"])
+    first, times, load = time_steps(dispatch, wait, args.warmup_steps, args.steps)
+    xla_memory = _memory(step_fn.lower(*example()).compile())  # the jit cache: no recompilation
+    row = {"arch": arch, "mode": mode, "data": data if data == "synthetic" else
+           config.data.backend, "precision": precision_name, "per_device_batch": batch,
+           "global_batch": global_batch, "devices": mesh.size, "image_size": args.image_size,
+           **_summary(first, times, load, global_batch), "peak_memory_bytes": _peak_memory(),
+           "xla_memory_bytes": xla_memory}
+    return row
+
+
+def torch_model(arch: str):
+    """(module, description): torchvision or timm when importable, else torch_reference."""
+    if arch == "resnet50_v15":
+        try:
+            import torchvision
+
+            return torchvision.models.resnet50(), f"torchvision {torchvision.__version__} resnet50"
+        except ImportError:
+            pass
+    try:
+        import timm
+
+        if arch in _TIMM_NAMES:
+            name = _TIMM_NAMES[arch]
+            return timm.create_model(name), f"timm {timm.__version__} {name}"
+    except ImportError:
+        pass
+    from resnet_jax import torch_reference
+
+    scheme = "timm" if arch.startswith("se_") else "torchvision"
+    return torch_reference.ResNet(arch, scheme), f"resnet_jax.torch_reference ({scheme})"
+
+
+def _torch_batches(args, config, batch: int, data: str, device, on_gpu: bool):
+    """Endless (images NCHW, labels) on `device`: random, or resnet_jax's DALI pipeline."""
+    import torch
+
+    size = config.image_size
+    if data == "synthetic":
+        images = torch.randn(batch, 3, size, size, device=device)
+        if on_gpu:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = torch.randint(0, config.num_classes, (batch,), device=device)
+        while True:
+            yield images, labels
+    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+
+    from resnet_jax.data import dali, folders
+
+    split = folders.scan_split(args.data_root, "train")
+    pipe = dali._train_pipeline(
+        split.files, split.labels.tolist(), shard_id=0, num_shards=1, image_size=size,
+        dtype=dali._dali_dtype(precision.image_dtype(config.precision)), on_gpu=on_gpu,
+        batch_size=batch, device_id=0 if on_gpu else None, seed=0,
+        num_threads=_dali_threads(config, 1))
+    pipe.build()
+    if on_gpu:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name="Reader",
+                                       auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
+        while True:
+            for (out,) in iterator:
+                # NHWC viewed as NCHW is channels_last: no copy.
+                yield out["images"].permute(0, 3, 1, 2), out["labels"].long()
+    while True:
+        images, labels = pipe.run()
+        images = torch.from_numpy(images.as_array()).permute(0, 3, 1, 2).contiguous()
+        yield images, torch.from_numpy(labels.as_array()).long()
+
+
+def bench_torch(args, arch: str, precision_name: str, batch: int, data: str, mode: str) -> dict:
+    """The PyTorch reference row: one device, the per-device batch."""
+    import torch
+    from torch import nn
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    config = _config(args, arch, precision_name, batch, data)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = precision_name == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision_name == "tf32"
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_name)
+    autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype,
+                                 enabled=amp_dtype is not None)
+    model, description = torch_model(arch)
+    layout = torch.channels_last if on_gpu else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
+    batches = _torch_batches(args, config, batch, data, device, on_gpu)
+    if mode == "train":
+        model.train()
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        opt = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}],
+                              # A rate as small as the first warm-up steps' (speed only).
+                              lr=config.base_learning_rate * batch / 256 / 1000,
+                              momentum=config.momentum)
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        scaler = torch.amp.GradScaler(device.type) if precision_name == "fp16" else None
+
+        def dispatch():
+            images, labels = next(batches)
+            with autocast():
+                loss = criterion(model(images), labels)
+            opt.zero_grad(set_to_none=True)
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            return loss.detach()
+
+        wait = torch.Tensor.item
+    else:
+        model.eval()
+
+        def dispatch():
+            with torch.inference_mode(), autocast():
+                model(next(batches)[0])
+            if not on_gpu:
+                return None
+            done = torch.cuda.Event()
+            done.record()  # after this step's kernels, not the next one's
+            return done
+
+        def wait(done):
+            if done is not None:
+                done.synchronize()
+
+    first, times, load = time_steps(dispatch, wait, args.warmup_steps, args.steps)
+    result = {f"torch_{k}": v for k, v in _summary(first, times, load, batch).items()}
+    result["torch_peak_memory_bytes"] = torch.cuda.max_memory_allocated() if on_gpu else None
+    result["torch_model"] = description
+    result["torch_precision"] = precision_name
+    return result
+
+
+def _free_torch_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _torch_version() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _gib(value) -> str:
+    return "n/a" if value is None else f"{value / 2**30:.2f}G"
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _others(row: dict) -> str:
+    loads = [v for v in (row["others_load"], row.get("torch_others_load")) if v is not None]
+    return f"{100 * max(loads):.0f}%" if loads else "n/a"
+
+
+def print_table(rows: list[dict]) -> None:
+    """One line per row; the ratio is resnet_jax img/s per device over the reference's.
+
+    'others' is the largest share of the cores that other processes used while
+    either framework's timed steps ran (Linux; a shared machine's noise).
+    """
+    head = (f"{'arch':<20} {'mode':<5} {'data':<9} {'prec':<4} {'batch':>5} {'img/s':>8} "
+            f"{'step ms':>8} {'compile s':>9} {'peak mem':>8} {'xla mem':>8} {'MFU':>6} "
+            f"{'torch img/s':>11} {'ratio':>6} {'others':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(f"{r['arch']:<20} {r['mode']:<5} {r['data']:<9} {r['precision']:<4} "
+              f"{r['per_device_batch']:>5} {r['images_per_sec']:>8.1f} {r['step_ms']:>8.1f} "
+              f"{r['compile_s']:>9.1f} {_gib(r['peak_memory_bytes']):>8} "
+              f"{_gib(r['xla_memory_bytes']):>8} {mfu:>6} "
+              f"{_fmt(r.get('torch_images_per_sec'), '.1f'):>11} "
+              f"{_fmt(r.get('ratio'), '.2f'):>6} {_others(r):>6}")
+
+
+def main() -> None:
+    on_gpu = jax.default_backend() == "gpu"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", type=_csv(config_lib.ARCHS), default=["resnet50_v15"],
+                        help=f"comma-separated, of {', '.join(config_lib.ARCHS)}")
+    parser.add_argument("--precisions", type=_csv(PRECISIONS),
+                        default=["bf16" if on_gpu else "fp32"],
+                        help="comma-separated, of fp32, tf32, bf16, fp16 (default: bf16 on "
+                        "GPUs, fp32 otherwise)")
+    parser.add_argument("--batch-sizes", type=_csv(cast=int), default=[256 if on_gpu else 8],
+                        help="per device, comma-separated (default: 256 on GPUs, 8 otherwise)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--modes", type=_csv(MODES), default=list(MODES),
+                        help="comma-separated, of train, infer")
+    parser.add_argument("--data", type=_csv(DATA), default=list(DATA),
+                        help="comma-separated, of synthetic, dali (dali_gpu on GPUs, else "
+                        "dali_cpu)")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="DIR/train/<class>/*.jpg for the dali rows (default: a generated "
+                        "tree in a temporary folder)")
+    parser.add_argument("--dali-threads", type=int, default=0,
+                        help="DALI CPU threads per pipeline (0: the trainer's choice)")
+    parser.add_argument("--warmup-steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the PyTorch reference (default: when torch imports)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = parser.parse_args()
+    args.dali_backend = "dali_gpu" if on_gpu else "dali_cpu"
+    torch_version = _torch_version()
+    if args.torch and torch_version is None:
+        parser.error("--torch: torch does not import; install it or pass --no-torch")
+    run_torch = torch_version is not None if args.torch is None else args.torch
+    if args.steps < 1 or args.warmup_steps < 0:
+        parser.error("--steps must be at least 1 and --warmup-steps at least 0")
+
+    tmp = None
+    if "dali" in args.data and not args.data_root:
+        from resnet_jax.data import demo
+
+        tmp = tempfile.TemporaryDirectory(prefix="benchmark_jpegs_")
+        biggest = max(args.batch_sizes) * jax.device_count()
+        per_class = max(2, math.ceil(2 * biggest / 5))
+        print(f"no --data-root: drawing 5 x {per_class} JPEGs of 384 px into {tmp.name}",
+              flush=True)
+        args.data_root = demo.make_demo_dataset(tmp.name, num_classes=5,
+                                                train_per_class=per_class, val_per_class=1,
+                                                image_size=384)
+
+    device_kind = jax.devices()[0].device_kind
+    rows = []
+    for arch in args.archs:
+        macs = flops.forward_macs(models.create(arch), args.image_size)
+        for precision_name in args.precisions:
+            peak = peak_flops(device_kind, precision_name)
+            for batch in args.batch_sizes:
+                for data in args.data:
+                    for mode in args.modes:
+                        label = f"{arch} {mode} {data} {precision_name} batch {batch}"
+                        print(f"running {label} ...", flush=True)
+                        row = bench_jax(args, arch, precision_name, batch, data, mode)
+                        gc.collect()  # this row's state, batches and DALI pipeline
+                        model_flops = 2 * macs * (3 if mode == "train" else 1)
+                        row["gflops_per_image"] = model_flops / 1e9
+                        row["mfu"] = (None if peak is None else row["images_per_sec"]
+                                      * model_flops / (peak * row["devices"]))
+                        if run_torch:
+                            print(f"running {label} (PyTorch reference) ...", flush=True)
+                            row.update(bench_torch(args, arch, precision_name, batch, data,
+                                                   mode))
+                            _free_torch_memory()
+                            row["torch_mfu"] = (None if peak is None else
+                                                row["torch_images_per_sec"] * model_flops / peak)
+                            row["ratio"] = (row["images_per_sec"] / row["devices"]
+                                            / row["torch_images_per_sec"])
+                        rows.append(row)
+    header = {
+        "device_kind": device_kind, "platform": jax.default_backend(),
+        "devices": jax.device_count(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "jax": jax.__version__, "torch": torch_version,
+        "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timing": "median of per-step intervals, one step queued ahead",
+    }
+    print(f"\n{device_kind} x{jax.device_count()} ({jax.default_backend()}), "
+          f"{_cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__}, torch {torch_version}; "
+          f"{args.image_size} px, batch per device")
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "rows": rows}, f, indent=1)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch
+    main()
