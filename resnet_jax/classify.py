@@ -15,7 +15,6 @@ import re
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import checkpoint, config, models
@@ -52,10 +51,11 @@ def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
     model = models.create(meta["arch"], num_classes=meta["num_classes"],
                           dtype=precision_lib.compute_dtype(precision))
     size = meta["eval_image_size"]
-    abstract = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    from resnet_jax.convert import abstract_variables
+
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    variables = checkpoint.restore_model(directory, step, abstract, device)
+    variables = checkpoint.restore_model(
+        directory, step, abstract_variables(meta["arch"], meta["num_classes"]), device)
 
     from resnet_jax.data import dali
 

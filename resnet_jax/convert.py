@@ -27,12 +27,12 @@ Only numpy is needed for `torch_to_flax`; torch is needed to read `.pth` files.
 """
 
 import argparse
+import functools
 import os
 import re
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import models
@@ -120,9 +120,11 @@ def _as_numpy(value) -> np.ndarray:
 
 def abstract_variables(arch: str, num_classes: int):
     """Shapes and dtypes of `models.create(arch, num_classes=...)`'s variables."""
+    from resnet_jax.train.state import init_variables
+
     model = models.create(arch, num_classes=num_classes)
-    return jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+    return jax.eval_shape(functools.partial(init_variables, model, image_size=64),
+                          jax.random.key(0))
 
 
 def torch_to_flax(arch: str, state_dict, *, num_classes: int | None = None) -> dict:

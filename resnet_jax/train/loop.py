@@ -103,9 +103,10 @@ def evaluate(eval_step, params, batch_stats, eval_data) -> dict:
             "top5": float(totals["top5_hits"]) / count, "images": count}
 
 
-def _check_compatible(saved: dict, config, where: str) -> None:
-    """A checkpoint fits this config only with the same arch and num_classes."""
-    for key in ("arch", "num_classes"):
+def _check_compatible(saved: dict, config, where: str,
+                      keys: tuple[str, ...] = ("arch", "num_classes")) -> None:
+    """A checkpoint fits this config only with the same arch and num_classes (`keys`)."""
+    for key in keys:
         if saved.get(key) != config[key]:
             raise ConfigError(
                 f"{where} holds {key}={saved.get(key)!r} but the config has {key}={config[key]!r}: "
@@ -122,15 +123,11 @@ def _init_from_checkpoint(config, state, sharding):
     path = config.init_checkpoint
     directory, step = checkpoint.resolve(path)
     saved = checkpoint.read_meta(directory, step)
-    if saved.get("arch") != config.arch:
-        raise ConfigError(
-            f"init_checkpoint {path!r} holds arch={saved.get('arch')!r} but the config has "
-            f"arch={config.arch!r}: set --config.arch={saved.get('arch')!r} or use a checkpoint "
-            f"of {config.arch}")
-    saved_model = models.create(config.arch, num_classes=saved["num_classes"])
-    abstract = jax.eval_shape(functools.partial(state_lib.init_variables, saved_model,
-                                                image_size=config.image_size),
-                              jax.random.key(0))
+    # Another num_classes is fine: the classifier is replaced below.
+    _check_compatible(saved, config, f"init_checkpoint {path!r}", keys=("arch",))
+    from resnet_jax.convert import abstract_variables
+
+    abstract = abstract_variables(config.arch, saved["num_classes"])
     variables = checkpoint.restore_model(directory, step, abstract, sharding)
     params = variables["params"]
     kept = "all layers"
@@ -206,17 +203,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "eval_resize_size": config.eval_resize_size,
             "eval_image_size": config.eval_image_size, "precision": config.precision}
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-    if ckpt.latest_step() is not None:
-        _check_compatible(ckpt.latest_meta(), config, f"the checkpoint in {ckpt.directory!r}")
+    saved_step = ckpt.latest_step()
+    if saved_step is not None:
         saved = ckpt.latest_meta()
-        saved_step = ckpt.latest_step()
+        _check_compatible(saved, config, f"the checkpoint in {ckpt.directory!r}")
         state = _resume_position(ckpt.restore(state, replicated), saved, train_batch,
                                  replicated)
         new_step = int(jax.device_get(state.step))
         if new_step != saved_step:
             # Steps are now counted in other batches: save under the new number first, then
             # drop the old-numbered checkpoints that later saves would collide with.
-            ckpt.save(state, {**saved, "images_seen": saved.get("images_seen")})
+            ckpt.save(state, saved)
             ckpt.wait()
             ckpt.delete_after(new_step)
         reporting.log(f"resumed from {ckpt.directory} at step {int(state.step)} "
