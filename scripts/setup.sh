@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs resnet_jax with its test tools into it.
 # Source it (`. scripts/setup.sh`) to stay in the environment. On a GPU machine,
-# EXTRAS=cuda12,test installs jax[cuda12] as well.
+# EXTRAS=cuda12,test installs jax[cuda12] as well. PYTHON=python3.12 picks the interpreter.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
+# jax, flax and orbax-checkpoint need Python 3.11 or newer: say so before pip fails obscurely.
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    found=$("$PYTHON" -c 'import platform; print("Python", platform.python_version())' 2>/dev/null) \
+        || found="not a Python that runs here"
+    echo "error: resnet_jax needs Python 3.11 or newer, but '$PYTHON' is $found: pick another with e.g. PYTHON=python3.12 bash scripts/demo.sh (or scripts/test.sh)" >&2
+    return 2 2>/dev/null || exit 2
+fi
+if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "error: .venv was made with $(.venv/bin/python --version 2>&1), older than 3.11: delete .venv and run again" >&2
+    return 2 2>/dev/null || exit 2
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
