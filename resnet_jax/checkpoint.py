@@ -7,15 +7,21 @@ A checkpoint is a step folder under WORKDIR/checkpoints with three items:
 Evaluation and fine-tuning read `model` and `meta` only. Orbax writes each
 step to a temporary folder and renames it when complete, so an interrupted
 save is never taken for the latest checkpoint.
+
+The resume policy is here too: which saved state a run continues from, and
+how a checkpoint must fit the config (`resume`, `init_from`).
 """
 
 import os
 
 import jax
+import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
+from resnet_jax import reporting
 from resnet_jax.errors import ConfigError
-from resnet_jax.train.state import TrainState
+from resnet_jax.train.state import TrainState, abstract_variables
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -27,6 +33,7 @@ def _manager(directory: str, *, keep: int | None = None, read_only: bool = False
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only,
+        save_interval_steps=0 if read_only else 1,  # read-only: Orbax's value, said up front
     )
     return ocp.CheckpointManager(directory, options=options, item_names=("model", "train", "meta"))
 
@@ -102,6 +109,10 @@ def resolve(path: str) -> tuple[str, int]:
 
     For a workdir or checkpoints folder, the step is the latest complete one.
     """
+    return _resolve(path)[:2]
+
+
+def _resolve(path: str):
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise ConfigError(
@@ -112,19 +123,34 @@ def resolve(path: str) -> tuple[str, int]:
         path = os.path.join(path, "checkpoints")
     base = os.path.basename(path)
     if base.isdigit() and os.path.isdir(os.path.join(path, "model")):
-        return os.path.dirname(path), int(base)
-    step = _manager(path, read_only=True).latest_step()
+        directory, step = os.path.dirname(path), int(base)
+        return directory, step, _manager(directory, read_only=True)
+    manager = _manager(path, read_only=True)
+    step = manager.latest_step()
     if step is None:
         raise ConfigError(
             f"checkpoint {path!r} holds no complete checkpoint: train first, or pass "
             "--config.checkpoint=WORKDIR/checkpoints/STEP of a finished save"
         )
-    return path, step
+    return path, step, manager
 
 
-def read_meta(directory: str, step: int) -> dict:
-    """The metadata of checkpoint `step` in `directory` (as `resolve` returns them)."""
-    return _restore_meta(_manager(directory, read_only=True), step)
+class Saved:
+    """One complete checkpoint, opened read-only once: its step, metadata and model.
+
+    `path` is a workdir, its checkpoints folder, or one step folder (see `resolve`).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.directory, self.step, self._manager = _resolve(path)
+        self.meta = _restore_meta(self._manager, self.step)
+
+    def restore_model(self, abstract, sharding) -> dict:
+        """{'params', 'batch_stats'} shaped like `abstract`, placed with `sharding`."""
+        restored = self._manager.restore(self.step, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(_with_sharding(abstract, sharding))))
+        return restored["model"]
 
 
 def save_model(workdir: str, variables: dict, meta: dict, *, step: int = 0) -> str:
@@ -142,8 +168,68 @@ def save_model(workdir: str, variables: dict, meta: dict, *, step: int = 0) -> s
     return os.path.join(directory, str(step))
 
 
-def restore_model(directory: str, step: int, abstract_variables, sharding) -> dict:
-    """{'params', 'batch_stats'} of checkpoint `step` in `directory` (see `resolve`)."""
-    restored = _manager(directory, read_only=True).restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(_with_sharding(abstract_variables, sharding))))
-    return restored["model"]
+# --- the resume policy ---------------------------------------------------------------------
+
+
+def check_compatible(saved: dict, config, where: str,
+                     keys: tuple[str, ...] = ("arch", "num_classes")) -> None:
+    """A checkpoint fits this config only with the same arch and num_classes (`keys`)."""
+    for key in keys:
+        if saved.get(key) != config[key]:
+            raise ConfigError(
+                f"{where} holds {key}={saved.get(key)!r} but the config has {key}={config[key]!r}: "
+                f"set --config.{key}={saved.get(key)!r}, or use another workdir or checkpoint"
+            )
+
+
+def resume(ckpt: Checkpointer, state: TrainState, config, train_batch: int,
+           sharding) -> TrainState:
+    """The run's latest checkpoint in place of the fresh `state`, when there is one.
+
+    A run resumed with another global batch (other batch size or device count)
+    goes on from the same number of images seen, and so the same epoch and
+    learning-rate position: the step is renumbered, the checkpoint saved again
+    under the new number, and the old-numbered ones that later saves would
+    collide with are dropped.
+    """
+    saved_step = ckpt.latest_step()
+    if saved_step is None:
+        return state
+    saved = ckpt.latest_meta()
+    check_compatible(saved, config, f"the checkpoint in {ckpt.directory!r}")
+    state = ckpt.restore(state, sharding)
+    images = saved.get("images_seen")
+    if images is None or images == saved_step * train_batch:
+        return state
+    new_step = images // train_batch
+    reporting.log(f"the global batch is now {train_batch} (was {images // max(saved_step, 1)}): "
+                  f"step {saved_step} becomes step {new_step}, after the same {images} images")
+    # Two arrays, not one: the train step donates every leaf of the state.
+    count = lambda: jax.device_put(np.asarray(new_step, state.step.dtype), sharding)  # noqa: E731
+    opt_state = optax.tree_utils.tree_set(state.opt_state, count=count())
+    state = state.replace(step=count(), opt_state=opt_state)
+    ckpt.save(state, saved)
+    ckpt.wait()
+    ckpt.delete_after(new_step)
+    return state
+
+
+def init_from(config, state: TrainState, sharding) -> TrainState:
+    """Fine-tuning: params and BN statistics from config.init_checkpoint, a fresh optimizer.
+
+    The classifier (fc) is kept only when num_classes matches; otherwise the
+    freshly initialised one is used.
+    """
+    saved = Saved(config.init_checkpoint)
+    # Another num_classes is fine: the classifier is replaced below.
+    check_compatible(saved.meta, config, f"init_checkpoint {config.init_checkpoint!r}",
+                     keys=("arch",))
+    num_classes = saved.meta["num_classes"]
+    variables = saved.restore_model(abstract_variables(config.arch, num_classes), sharding)
+    params = variables["params"]
+    kept = "all layers"
+    if num_classes != config.num_classes:
+        params = {**params, "fc": state.params["fc"]}
+        kept = f"all but fc (new fc for {config.num_classes} classes, was {num_classes})"
+    reporting.log(f"initialised from {saved.directory}/{saved.step}: {kept}")
+    return state.replace(params=params, batch_stats=variables["batch_stats"])

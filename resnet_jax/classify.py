@@ -17,9 +17,11 @@ import sys
 import jax
 import numpy as np
 
-from resnet_jax import checkpoint, config, models
+from resnet_jax import checkpoint, models, quiet
+from resnet_jax.data.folders import imagenet_class_names
 from resnet_jax.errors import ConfigError
 from resnet_jax.train import precision as precision_lib
+from resnet_jax.train.state import abstract_variables
 
 
 def display_names(meta: dict) -> list[str]:
@@ -29,8 +31,6 @@ def display_names(meta: dict) -> list[str]:
     imagenet = num_classes == 1000 and (
         not names or all(re.fullmatch(r"n\d{8}", n) for n in names))
     if imagenet:
-        from resnet_jax.convert import imagenet_class_names
-
         readable = imagenet_class_names()
         return [f"{r} ({w})" for r, w in zip(readable, names, strict=True)] if names else readable
     # Models with more outputs than class folders: the extra outputs have no name.
@@ -40,22 +40,20 @@ def display_names(meta: dict) -> list[str]:
 def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
             on_gpu: bool = False) -> tuple[np.ndarray, list[str]]:
     """(probabilities (N, num_classes) in fp32, class names) for image files."""
-    if precision not in config.PRECISIONS:
+    if precision not in precision_lib.PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not supported: use one of "
-                          f"{', '.join(config.PRECISIONS)}")
+                          f"{', '.join(precision_lib.PRECISIONS)}")
     for image in images:
         if not os.path.isfile(image):
             raise ConfigError(f"image {image!r} does not exist: pass paths of image files")
-    directory, step = checkpoint.resolve(checkpoint_path)
-    meta = checkpoint.read_meta(directory, step)
+    saved = checkpoint.Saved(checkpoint_path)
+    meta = saved.meta
     model = models.create(meta["arch"], num_classes=meta["num_classes"],
                           dtype=precision_lib.compute_dtype(precision))
     size = meta["eval_image_size"]
-    from resnet_jax.convert import abstract_variables
-
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    variables = checkpoint.restore_model(
-        directory, step, abstract_variables(meta["arch"], meta["num_classes"]), device)
+    variables = saved.restore_model(abstract_variables(meta["arch"], meta["num_classes"]),
+                                    device)
 
     from resnet_jax.data import dali
 
@@ -79,11 +77,12 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="a workdir, a checkpoints folder, a step folder, or a converted "
                              "model's output folder")
-    parser.add_argument("--precision", default="fp32", choices=config.PRECISIONS)
+    parser.add_argument("--precision", default="fp32", choices=precision_lib.PRECISIONS)
     parser.add_argument("--top", type=int, default=5, help="classes to print per image")
     parser.add_argument("--gpu", action="store_true", help="decode on the GPU (DALI mixed)")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     args = parser.parse_args(argv)
+    quiet.keep_own_lines()
     try:
         probabilities, names = predict(args.checkpoint, args.images, precision=args.precision,
                                        on_gpu=args.gpu)

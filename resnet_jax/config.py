@@ -1,57 +1,71 @@
-"""The configuration: defaults shared by every recipe, checks, derived values.
+"""The configuration: plumbing shared by every recipe, checks, derived values.
 
-Recipe files in configs/ start from `defaults()` and override what differs.
-They live in the package (not configs/) so that a config file works from any
-working directory. Every field can be set on the command line, e.g.
-`--config.num_epochs=50`; durations are given in epochs and converted to steps
-here, in one place.
+A recipe is a file in configs/ (`configs/resnet50_v15.py`, ...): it starts from
+`defaults()`, which holds plumbing only (data, bookkeeping, numerics
+safeguards), and writes every number of the recipe itself, in sections.
+`recipe(name)` loads one by name. Every field can be set on the command line,
+e.g. `--config.num_epochs=50`; durations are given in epochs and converted to
+steps here, in one place.
 """
 
+import importlib.util
 import os
 
 import ml_collections
 
+from resnet_jax import models
+from resnet_jax.data import BACKENDS
 from resnet_jax.errors import ConfigError
+from resnet_jax.train.precision import PRECISIONS
 
-ARCHS = ("resnet50_v15", "resnext101_32x4d", "se_resnext101_32x4d", "resnet_tiny")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-BACKENDS = ("dali_gpu", "dali_cpu", "synthetic")
 MODES = ("train", "eval")
+# The recipe files, beside the package in a checkout.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def defaults() -> ml_collections.ConfigDict:
-    """The defaults: NVIDIA's ResNet50 v1.5 recipe for ImageNet on GPUs."""
+    """The fields every recipe has: plumbing with its defaults, recipe fields zero or empty.
+
+    A recipe file sets the recipe fields (model, batch, optimizer, schedule,
+    loss, images, precision); `validate` refuses the ones left zero or empty.
+    """
     config = ml_collections.ConfigDict()
-    config.arch = "resnet50_v15"
-    config.num_classes = 1000
     config.mode = "train"  # train | eval
     config.seed = 0
 
-    # Batch: per device, unless global_batch_size is set (>0), which wins.
-    config.per_device_batch_size = 256
+    # --- recipe fields: set by each configs/*.py -------------------------------------------
+    config.arch = ""
+    config.num_classes = 1000
+    config.per_device_batch_size = 0
+    config.num_epochs = 0
+    config.warmup_epochs = 0
+    config.base_learning_rate = 0.0  # for a global batch of 256; scaled linearly
+    config.momentum = 0.0
+    config.nesterov = False
+    config.weight_decay = 0.0  # on conv and dense kernels only
+    config.label_smoothing = 0.0
+    config.mixup_alpha = 0.0  # 0: off
+    config.image_size = 0
+    config.eval_resize_size = 0
+    config.eval_image_size = 0
+    config.precision = ""  # fp32 | tf32 | bf16 | fp16 (fp16 uses dynamic loss scaling)
+    config.model = ml_collections.ConfigDict()
+    config.model.conv_init = "fan_out"
+    config.model.zero_init_last_bn = True
+    config.model.bn_momentum = 0.0
+    config.model.bn_epsilon = 0.0
+    # False: BN statistics per device, as NVIDIA trains. True: over the global batch.
+    config.model.sync_batch_norm = False
+
+    # --- batch plumbing ----------------------------------------------------------------------
+    # The global batch wins over per_device_batch_size when set (> 0).
     config.global_batch_size = 0
     config.eval_per_device_batch_size = 0  # 0: same as per_device_batch_size
     # Images per optimizer step (NVIDIA's --optimizer-batch-size): a multiple k of the
     # global batch accumulates the gradients of k batches per update. 0: the global batch.
     config.optimizer_batch_size = 0
 
-    # Optimizer: SGD with momentum, masked weight decay, warmup + cosine.
-    config.num_epochs = 90
-    config.warmup_epochs = 8
-    config.base_learning_rate = 0.256  # for a global batch of 256; scaled linearly
-    config.momentum = 0.875
-    config.nesterov = False
-    config.weight_decay = 3.0517578125e-05  # 1/32768, on conv and dense kernels only
-    config.label_smoothing = 0.1
-    config.mixup_alpha = 0.0  # 0: off
-
-    # Images.
-    config.image_size = 224
-    config.eval_resize_size = 256
-    config.eval_image_size = 224
-
-    # Numerics: fp32 | tf32 | bf16 | fp16 (fp16 uses dynamic loss scaling).
-    config.precision = "bf16"
+    # --- numerics safeguards -----------------------------------------------------------------
     config.loss_scale_init = 2.0**16
     config.loss_scale_growth_interval = 2000
     # Steps in a row with non-finite gradients that stop an fp16 run (bf16/fp32: the first).
@@ -60,15 +74,7 @@ def defaults() -> ml_collections.ConfigDict:
     # deterministic=True also makes XLA's GPU kernels deterministic (somewhat slower).
     config.deterministic = False
 
-    # Model details that NVIDIA's recipe fixes.
-    config.model = ml_collections.ConfigDict()
-    config.model.conv_init = "fan_out"
-    config.model.zero_init_last_bn = True
-    config.model.bn_momentum = 0.9
-    config.model.bn_epsilon = 1e-5
-    # False: BN statistics per device, as NVIDIA trains. True: over the global batch.
-    config.model.sync_batch_norm = False
-
+    # --- data --------------------------------------------------------------------------------
     config.data = ml_collections.ConfigDict()
     config.data.root = ""  # ImageNet layout: ROOT/train/<class>/*.JPEG, ROOT/val/<class>/*.JPEG
     config.data.backend = "dali_gpu"  # dali_gpu | dali_cpu | synthetic
@@ -78,7 +84,7 @@ def defaults() -> ml_collections.ConfigDict:
     # with the first one's name; True leaves them out and logs how many.
     config.data.skip_bad_images = False
 
-    # Bookkeeping.
+    # --- bookkeeping -------------------------------------------------------------------------
     config.log_every_steps = 100
     config.eval_every_epochs = 1
     config.checkpoint_every_epochs = 1
@@ -88,6 +94,15 @@ def defaults() -> ml_collections.ConfigDict:
     # A workdir that already has a checkpoint resumes from it instead.
     config.init_checkpoint = ""
     return config
+
+
+def recipe(name: str, preset: str | None = None) -> ml_collections.ConfigDict:
+    """The config of configs/<name>.py (an arch name or alias works), with an optional preset."""
+    path = os.path.join(CONFIGS_DIR, f"{models.canonical(name, flag='recipe')}.py")
+    spec = importlib.util.spec_from_file_location(f"resnet_jax_recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
 
 
 def apply_epoch_preset(config: ml_collections.ConfigDict, preset: str | None,
@@ -115,14 +130,16 @@ def _choice(name: str, value, allowed) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Stops at start-up, with one line naming the value and the fix, on a bad config."""
-    _choice("arch", config.arch, ARCHS)
+    config.arch = models.canonical(config.arch)  # NVIDIA's names become the project's
     _choice("precision", config.precision, PRECISIONS)
     _choice("data.backend", config.data.backend, BACKENDS)
     _choice("mode", config.mode, MODES)
     for name in ("num_classes", "image_size", "eval_image_size", "eval_resize_size",
-                 "num_epochs", "per_device_batch_size"):
-        if config[name] <= 0:
-            raise ConfigError(f"{name}={config[name]} must be positive (--config.{name}=N)")
+                 "num_epochs", "per_device_batch_size", "base_learning_rate",
+                 "model.bn_momentum", "model.bn_epsilon"):
+        value = config.model[name[6:]] if name.startswith("model.") else config[name]
+        if value <= 0:
+            raise ConfigError(f"{name}={value} must be positive (--config.{name}=N)")
     if config.eval_resize_size < config.eval_image_size:
         raise ConfigError(
             f"eval_resize_size={config.eval_resize_size} is smaller than "

@@ -1,251 +1,30 @@
-"""PyTorch weights to resnet_jax: `torch_to_flax(arch, state_dict)` and a command line.
+"""Weights from elsewhere to a resnet_jax checkpoint: `python -m resnet_jax.convert`.
 
   python -m resnet_jax.convert --arch resnet50_v15 \
       --torch-checkpoint nvidia_resnet50_200821.pth.tar --output weights/rn50
 
 writes an Orbax checkpoint that `--config.mode=eval --config.checkpoint=DIR`,
 `--config.init_checkpoint=DIR` (fine-tuning) and `python -m resnet_jax.classify`
-restore directly.
-
-Three naming schemes are read, and told apart by their keys:
-
-* torchvision and timm: `layer1.0.conv1.weight`, `layer1.0.downsample.0.weight`;
-  timm's SE gates are 1x1 convolutions `layer1.0.se.fc1/fc2`.
-* NVIDIA ConvNets (the `nvidia_resnet50`, `nvidia_resneXt` and
-  `nvidia_se_resnext101_32x4d` hub models): stages are `layers.0` ..
-  `layers.3` (the NGC 20.06 checkpoints still say `layer1` .. `layer4`); SE
-  gates are `squeeze.squeeze` / `squeeze.expand`, linear layers (or 1x1
-  convolutions in the TensorRT variant).
-
-NVIDIA's SE gates have 16 hidden units in every block, where resnet_jax (as
-timm and the SE paper) has channels/16. The 16 units are copied into the first
-16 of the wider gate and the others get zero weights and bias: a zero unit
-adds nothing (ReLU(0) = 0), so the logits are NVIDIA's exactly, and its
-gradients are zero, so fine-tuning leaves it at zero.
-
-Only numpy is needed for `torch_to_flax`; torch is needed to read `.pth` files.
+restore directly. The PyTorch side (naming schemes, key mapping) is in
+resnet_jax/torch/convert.py.
 """
 
 import argparse
-import functools
 import os
-import re
 import sys
 
 import jax
 import numpy as np
 
-from resnet_jax import models
+from resnet_jax import checkpoint, models, quiet
+from resnet_jax.data.folders import imagenet_class_names
 from resnet_jax.errors import ConfigError
-
-# Keys every PyTorch BatchNorm has and that have no Flax counterpart.
-_IGNORED_SUFFIXES = (".num_batches_tracked",)
-# Wrappers around a state dict in training checkpoints, in the order they are tried.
-_STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
-
-
-class ConversionError(ConfigError):
-    """The state dict does not fit the architecture; the message names every bad key."""
-
-
-def naming_scheme(keys) -> str:
-    """'nvidia' or 'torchvision/timm', from the state dict's keys."""
-    keys = list(keys)
-    if any(k.startswith("layers.") or ".squeeze.squeeze." in k for k in keys):
-        return "nvidia"
-    return "torchvision/timm"
-
-
-def _canonical(key: str) -> str:
-    """A torch key in torchvision/timm naming: 'layer1.0.se.fc1.weight'."""
-    if key.startswith("module."):  # DistributedDataParallel
-        key = key[len("module."):]
-    match = re.match(r"layers\.(\d+)\.(.*)", key)
-    if match:
-        key = f"layer{int(match.group(1)) + 1}.{match.group(2)}"
-    return key.replace(".squeeze.squeeze.", ".se.fc1.").replace(".squeeze.expand.", ".se.fc2.")
-
-
-def _torch_key(path: tuple[str, ...], collection: str) -> str:
-    """The torchvision/timm key of one Flax variable, e.g. ('layer2_0', 'conv2', 'kernel')."""
-    *modules, leaf = path
-    names = []
-    for module in modules:
-        block = re.fullmatch(r"layer(\d+)_(\d+)", module)
-        if block:
-            names += [f"layer{block.group(1)}", block.group(2)]
-        else:
-            names.append({"downsample_conv": "downsample.0", "downsample_bn": "downsample.1",
-                          "reduce": "fc1", "expand": "fc2"}.get(module, module))
-    if collection == "batch_stats":
-        leaf = {"mean": "running_mean", "var": "running_var"}[leaf]
-    else:
-        leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
-    return ".".join(names + [leaf])
-
-
-def _to_flax_layout(value: np.ndarray, leaf: str, target_ndim: int) -> np.ndarray:
-    if leaf != "kernel":
-        return value
-    if value.ndim == 4:  # conv OIHW -> HWIO (grouped: O, I/groups, H, W -> H, W, I/groups, O)
-        return value.transpose(2, 3, 1, 0)
-    if value.ndim == 2:  # linear (out, in) -> (in, out), or as a 1x1 conv for SE gates
-        value = value.T
-        return value.reshape(1, 1, *value.shape) if target_ndim == 4 else value
-    return value
-
-
-def _pad_se(value: np.ndarray, target_shape: tuple, path: tuple[str, ...]) -> np.ndarray | None:
-    """NVIDIA's narrower SE gate zero-padded to the model's width, or None if it cannot be."""
-    if "se" not in path or value.ndim != len(target_shape):
-        return None
-    # The hidden axis: last of reduce (kernel and bias), the input axis of expand's kernel.
-    axis = -1 if path[-2] == "reduce" else (2 if path[-1] == "kernel" else None)
-    if axis is None:
-        return None
-    other = [s for i, s in enumerate(value.shape) if i != axis % value.ndim]
-    wanted = [s for i, s in enumerate(target_shape) if i != axis % len(target_shape)]
-    if other != wanted or value.shape[axis] > target_shape[axis]:
-        return None
-    padding = [(0, 0)] * value.ndim
-    padding[axis] = (0, target_shape[axis] - value.shape[axis])
-    return np.pad(value, padding)
-
-
-def _as_numpy(value) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor: fp16/bf16 do not convert to numpy directly
-        value = value.detach().cpu().float().numpy()
-    return np.asarray(value, np.float32)
-
-
-def abstract_variables(arch: str, num_classes: int):
-    """Shapes and dtypes of `models.create(arch, num_classes=...)`'s variables."""
-    from resnet_jax.train.state import init_variables
-
-    model = models.create(arch, num_classes=num_classes)
-    return jax.eval_shape(functools.partial(init_variables, model, image_size=64),
-                          jax.random.key(0))
-
-
-def torch_to_flax(arch: str, state_dict, *, num_classes: int | None = None) -> dict:
-    """{'params', 'batch_stats'} for `models.create(arch, num_classes=...)` from a state dict.
-
-    `state_dict` maps torch key names to arrays (numpy, or torch tensors) in
-    any of the naming schemes above; `num_classes` defaults to the rows of
-    `fc.weight`. Raises ConversionError naming every key that is missing,
-    unexpected or of the wrong shape; nothing is dropped silently.
-    """
-    tensors = {}
-    for key, value in state_dict.items():
-        if not key.endswith(_IGNORED_SUFFIXES):
-            tensors[_canonical(key)] = (key, value)
-    if num_classes is None:
-        if "fc.weight" not in tensors:
-            raise ConversionError(
-                f"{arch}: the state dict has no 'fc.weight' (keys start "
-                f"{', '.join(sorted(state_dict)[:3])}, ...): is it a classification model?")
-        num_classes = int(np.shape(tensors["fc.weight"][1])[0])
-    abstract = abstract_variables(arch, num_classes)
-
-    missing, wrong_shape, out = [], [], {}
-    for collection, tree in abstract.items():
-        flat = {}
-        for key_path, spec in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            path = tuple(k.key for k in key_path)
-            name = _torch_key(path, collection)
-            if name not in tensors:
-                missing.append(name)
-                continue
-            original, value = tensors.pop(name)
-            value = _to_flax_layout(_as_numpy(value), path[-1], len(spec.shape))
-            if value.shape != spec.shape:
-                padded = _pad_se(value, spec.shape, path)
-                if padded is None:
-                    wrong_shape.append(f"{original} {tuple(np.shape(value))} -> {path_str(path)} "
-                                       f"needs {tuple(spec.shape)}")
-                    continue
-                value = padded
-            flat[path] = value
-        out[collection] = _unflatten(flat)
-    unexpected = sorted(original for original, _ in tensors.values())
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
-    if wrong_shape:
-        problems.append(f"wrong shape {len(wrong_shape)}: {'; '.join(wrong_shape)}")
-    if problems:
-        raise ConversionError(
-            f"the state dict ({naming_scheme(state_dict)} naming) does not fit arch {arch} "
-            f"with {num_classes} classes: " + " | ".join(problems)
-            + ". Check --arch (one of " + ", ".join(models.names()) + ")")
-    return out
-
-
-def path_str(path: tuple[str, ...]) -> str:
-    """'layer1_0/conv1/kernel'."""
-    return "/".join(path)
-
-
-def _unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
-
-
-def load_torch_state_dict(path: str, *, allow_pickle: bool = False) -> dict:
-    """The state dict in a `.pth` / `.pth.tar` file, unwrapped from training checkpoints.
-
-    Files are read with torch's `weights_only` loader, which runs no code from
-    the file; `allow_pickle` also reads files holding other Python objects
-    (only for files you trust).
-    """
-    if not os.path.isfile(path):
-        raise ConfigError(f"--torch-checkpoint {path!r} does not exist: pass a .pth file")
-    try:
-        import torch
-    except ImportError as error:
-        raise ConfigError("reading a .pth file needs PyTorch: pip install torch "
-                          "(the CPU build is enough)") from error
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as error:  # torch raises many different types for a bad file
-        first = (str(error).strip().splitlines() or [""])[0]
-        if "Unsupported global" in str(error) and not allow_pickle:
-            raise ConfigError(
-                f"--torch-checkpoint {path!r} holds Python objects besides tensors: if you "
-                f"trust the file, add --allow-pickle ({first})") from error
-        raise ConfigError(f"--torch-checkpoint {path!r} is not a PyTorch checkpoint torch can "
-                          f"read: {type(error).__name__}: {first}") from error
-    if hasattr(loaded, "state_dict") and not isinstance(loaded, dict):
-        loaded = loaded.state_dict()  # a whole pickled module
-    for key in _STATE_DICT_KEYS:
-        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-            loaded = loaded[key]
-            break
-    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
-        raise ConfigError(f"--torch-checkpoint {path!r} holds no state dict "
-                          f"(found {type(loaded).__name__})")
-    return {k: v for k, v in loaded.items() if hasattr(v, "shape")}
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet-1k class names, in label order (sorted WordNet ids)."""
-    path = os.path.join(os.path.dirname(__file__), "data", "imagenet_classes.txt")
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+from resnet_jax.torch import convert as torch_convert
 
 
 def write_checkpoint(output: str, arch: str, variables: dict, *, source: str,
                      class_names: list[str] | None = None) -> str:
     """Saves converted variables as step 0 of OUTPUT/checkpoints; returns that folder."""
-    from resnet_jax import checkpoint
-
     num_classes = int(variables["params"]["fc"]["bias"].shape[0])
     if class_names is None:
         class_names = imagenet_class_names() if num_classes == 1000 else [
@@ -261,7 +40,9 @@ def main(argv=None) -> int:
         prog="python -m resnet_jax.convert",
         description="Converts PyTorch ResNet weights (NVIDIA ConvNets, torchvision, timm) "
                     "to a resnet_jax checkpoint.")
-    parser.add_argument("--arch", required=True, choices=models.names())
+    parser.add_argument("--arch", required=True,
+                        help=f"one of {', '.join(models.names())}, or NVIDIA's name "
+                             f"({', '.join(models.ALIASES)})")
     parser.add_argument("--torch-checkpoint", required=True, metavar="FILE",
                         help=".pth / .pth.tar file: a state dict, or a training checkpoint "
                              "holding one under 'state_dict' or 'model'")
@@ -271,21 +52,23 @@ def main(argv=None) -> int:
                         help="also read files that hold Python objects besides tensors "
                              "(unpickling runs code from the file: only for files you trust)")
     args = parser.parse_args(argv)
+    quiet.keep_own_lines()
     try:
+        arch = models.canonical(args.arch, flag="--arch")
         if os.path.exists(os.path.join(args.output, "checkpoints")):
             raise ConfigError(f"--output {args.output!r} already holds checkpoints: "
                               "pass a new folder")
-        state_dict = load_torch_state_dict(args.torch_checkpoint,
-                                           allow_pickle=args.allow_pickle)
-        variables = torch_to_flax(args.arch, state_dict)
-        folder = write_checkpoint(args.output, args.arch, variables,
+        state_dict = torch_convert.load_torch_state_dict(args.torch_checkpoint,
+                                                         allow_pickle=args.allow_pickle)
+        variables = torch_convert.torch_to_flax(arch, state_dict)
+        folder = write_checkpoint(args.output, arch, variables,
                                   source=os.path.abspath(args.torch_checkpoint))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
-    print(f"converted {len(state_dict)} tensors ({naming_scheme(state_dict)} naming) to "
-          f"{args.arch}: {count:,} parameters, "
+    print(f"converted {len(state_dict)} tensors ({torch_convert.naming_scheme(state_dict)} "
+          f"naming) to {arch}: {count:,} parameters, "
           f"{variables['params']['fc']['bias'].shape[0]} classes -> {folder}")
     return 0
 

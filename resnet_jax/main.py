@@ -5,15 +5,14 @@ latest checkpoint; `--config.mode=eval` evaluates DIR's (or
 --config.checkpoint's) latest checkpoint.
 """
 
-import logging as std_logging
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from resnet_jax import config as config_lib
-from resnet_jax import parallel
+from resnet_jax import parallel, quiet
 from resnet_jax.errors import ConfigError, TrainingError
 
 FLAGS = flags.FLAGS
@@ -24,30 +23,18 @@ flags.DEFINE_string("coordinator_address", None,
                     "Several processes without SLURM/Open MPI: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Several processes: how many in all.")
 flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0..N-1.")
-flags.DEFINE_bool("library_logs", False, "Also show INFO lines of JAX, Orbax, DALI and clu.")
+flags.DEFINE_bool("library_logs", False, "Also show the log lines of TensorFlow, XLA, JAX, Orbax, "
+                  "DALI and clu (as RESNET_JAX_VERBOSE=1 does).")
 flags.mark_flags_as_required(["config"])
-
-
-# Orbax warns whenever a restore-only checkpoint manager opens (eval, fine-tuning): not news.
-_ORBAX_READ_ONLY_NOTES = ("CheckpointManagerOptions.read_only=True",
-                          "Given directory is read only")
-
-
-class _ProjectInfoOnly(std_logging.Filter):
-    """Keeps INFO lines of resnet_jax and warnings/errors of everyone."""
-
-    def filter(self, record):
-        if record.getMessage().startswith(_ORBAX_READ_ONLY_NOTES):
-            return False
-        return record.levelno >= std_logging.WARNING or "resnet_jax" in record.pathname
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = FLAGS.config
-    if not FLAGS.library_logs:
-        logging.get_absl_handler().addFilter(_ProjectInfoOnly())
+    if FLAGS.library_logs:
+        quiet.set_verbose()  # before TensorFlow loads and the XLA backend starts
+    quiet.keep_own_lines()
     try:
         config_lib.validate(config)
         if config.deterministic:

@@ -53,9 +53,14 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     elif any((_env_int(name) or 1) > 1 for name in _LAUNCHER_ENV):
         jax.distributed.initialize()
-    logging.info("process %d of %d; %d local and %d global devices (%s)",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count(), jax.devices()[0].platform)
+
+
+def log_devices() -> None:
+    """With several processes, each logs its devices (one process: the run's summary says it)."""
+    if jax.process_count() > 1:
+        logging.info("process %d of %d: %d local and %d global devices (%s)",
+                     jax.process_index(), jax.process_count(), jax.local_device_count(),
+                     jax.device_count(), jax.devices()[0].platform)
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -1,17 +1,21 @@
-"""Metrics out: TensorBoard and log lines through clu, JSON lines, a progress line."""
+"""Metrics out: TensorBoard and log lines through clu, JSON lines, a progress line.
 
+clu's writers import TensorFlow, so clu is imported only where a run writes
+TensorBoard events (`create_writer`): evaluation, classification and
+conversion never load TensorFlow.
+"""
+
+import contextlib
 import json
 import os
 import time
 
 from absl import logging
-from clu import metric_writers
-from clu.metric_writers import interface
 import jax
 import numpy as np
 
 
-class JsonLinesWriter(interface.MetricWriter):
+class JsonLinesWriter:
     """Appends one JSON object per write_scalars call: {"step": N, "name": value, ...}."""
 
     def __init__(self, path: str):
@@ -25,25 +29,6 @@ class JsonLinesWriter(interface.MetricWriter):
     def write_hparams(self, hparams):
         self._file.write(json.dumps({"hparams": {k: str(v) for k, v in hparams.items()}}) + "\n")
 
-    # Only scalars and hparams are written here; TensorBoard gets the rest.
-    def write_summaries(self, step, values, metadata=None):
-        pass
-
-    def write_images(self, step, images):
-        pass
-
-    def write_videos(self, step, videos):
-        pass
-
-    def write_audios(self, step, audios, *, sample_rate):
-        pass
-
-    def write_texts(self, step, texts):
-        pass
-
-    def write_histograms(self, step, arrays, num_buckets=None):
-        pass
-
     def flush(self):
         self._file.flush()
 
@@ -51,12 +36,37 @@ class JsonLinesWriter(interface.MetricWriter):
         self._file.close()
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
+class Writers:
+    """Scalars and hyperparameters to several writers at once (clu writers or JsonLinesWriter)."""
+
+    def __init__(self, writers):
+        self._writers = tuple(writers)
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        for writer in self._writers:
+            writer.write_scalars(step, scalars)
+
+    def write_hparams(self, hparams: dict) -> None:
+        for writer in self._writers:
+            writer.write_hparams(hparams)
+
+    def flush(self) -> None:
+        for writer in self._writers:
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+
+
+def create_writer(workdir: str) -> Writers:
     """TensorBoard events + log lines + WORKDIR/metrics.jsonl, written by process 0 only."""
     if jax.process_index() > 0:
-        return metric_writers.MultiWriter([])  # writes nothing
+        return Writers([])  # writes nothing
+    from clu import metric_writers  # loads TensorFlow
+
     os.makedirs(workdir, exist_ok=True)
-    return metric_writers.MultiWriter([
+    return Writers([
         metric_writers.create_default_writer(workdir, asynchronous=True),
         JsonLinesWriter(os.path.join(workdir, "metrics.jsonl")),
     ])
@@ -78,7 +88,9 @@ class Progress:
     """Training speed and ETA, with time spent outside training (eval, checkpoints) apart.
 
     Call `mark()` after each logged step (metrics fetched, so the devices are
-    done), and wrap eval and checkpoint work in `with progress.pause():`.
+    done), and wrap eval and checkpoint work in `with progress.pause(state):`.
+    Training steps are dispatched ahead of the devices; the pause first waits
+    for them to finish, so that their time counts as training, not as eval.
     """
 
     def __init__(self, *, total_steps: int, start_step: int, global_batch_size: int):
@@ -111,20 +123,22 @@ class Progress:
             return float("nan")
         return (self.total_steps - step) * self._train_seconds / self._steps_timed
 
-    def pause(self):
-        """Context manager: time inside it is not training time."""
-        progress = self
+    @contextlib.contextmanager
+    def pause(self, pending=None):
+        """Time inside is not training time; `pending` (e.g. the state) is waited for first.
 
-        class _Pause:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                spent = time.perf_counter() - self.start
-                progress.paused_seconds += spent
-                progress._last_time += spent
-
-        return _Pause()
+        Waiting here, and only here, keeps the devices' queue of training steps
+        out of the pause without a sync on every step.
+        """
+        if pending is not None:
+            jax.block_until_ready(pending)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - start
+            self.paused_seconds += spent
+            self._last_time += spent
 
     def line(self, step: int, epoch: float, num_epochs: int, metrics: dict, speed: dict) -> str:
         """One human line: where the run is, how it learns, how fast, how long to go."""

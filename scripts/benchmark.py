@@ -4,13 +4,14 @@
       [--image-size 224] [--modes train,infer] [--data synthetic,dali] [--data-root DIR]
       [--warmup-steps 5] [--steps 20] [--no-torch] [--json FILE]
 
-Each row builds the model, state, optimizer and train step as the trainer
-does (resnet_jax.train.loop.build_model, state.create, optimizer.create,
-step.make_train_step) on a mesh of all devices; inference is an eval-mode
-jitted `model.apply`. Data is the synthetic device-resident batch or the
-DALI training pipeline (dali_gpu on GPUs, dali_cpu otherwise; the random
-crops of training also feed the inference rows). Without --data-root a small
-JPEG tree is drawn into a temporary folder.
+Each row is the trainer's own set-up (resnet_jax.train.loop.setup_train_loop)
+of the arch's recipe (configs/<arch>.py) with the row's precision, batch and
+image size, on a mesh of all devices: the same data source, model, state and
+train step; inference is an eval-mode jitted `model.apply` of that state.
+Data is the synthetic device-resident batch or the DALI training pipeline
+(dali_gpu on GPUs, dali_cpu otherwise; the random crops of training also
+feed the inference rows). Without --data-root a small JPEG tree is drawn
+into a temporary folder.
 
 Timing: the first step (compilation included) is timed alone, then the
 warm-up steps run, then each timed step is dispatched before the host waits
@@ -26,13 +27,17 @@ The script sets XLA_PYTHON_CLIENT_PREALLOCATE=false (unless set), so that
 PyTorch finds GPU memory in the same process.
 
 The PyTorch reference (torchvision or timm when importable, else
-resnet_jax.torch_reference) runs the same rows on one device with the
+resnet_jax.torch.reference) runs the same rows on one device with the
 per-device batch: forward, cross-entropy with label smoothing 0.1,
 backward, SGD with momentum 0.875; on GPUs channels_last and autocast for
 bf16/fp16 (GradScaler for fp16), TF32 only for tf32; on CPUs fp32 with
 torch.set_num_threads(cores) (autocast for bf16/fp16 rows). The ratio is
 resnet_jax img/s per device over the reference's img/s.
 """
+
+# isort: off
+import resnet_jax  # noqa: F401  first, before jax: XLA's and TensorFlow's C++ logs stay quiet
+# isort: on
 
 import argparse
 import datetime
@@ -51,13 +56,12 @@ import time
 import jax
 
 from resnet_jax import config as config_lib
-from resnet_jax import models, parallel
+from resnet_jax import models, parallel, quiet
+from resnet_jax.data.source import num_threads
+from resnet_jax.errors import ConfigError
 from resnet_jax.models import flops
-from resnet_jax.train import loop, optimizer, precision
-from resnet_jax.train import state as state_lib
-from resnet_jax.train import step as step_lib
+from resnet_jax.train import loop, precision
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 MODES = ("train", "infer")
 DATA = ("synthetic", "dali")
 
@@ -93,6 +97,14 @@ def _csv(choices=None, cast=str):
                 f"{text!r}: give a comma-separated list of {', '.join(choices or ['values'])}")
         return values
     return parse
+
+
+def _archs(text: str) -> list[str]:
+    """--archs: the project's names or NVIDIA's, as the project's."""
+    try:
+        return [models.canonical(name, flag="--archs") for name in _csv()(text)]
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _cpu_seconds() -> tuple[float, float] | None:
@@ -155,8 +167,8 @@ def _summary(first: float, times: list[float], load: float | None, batch: int) -
 
 
 def _config(args, arch: str, precision_name: str, batch: int, data: str):
-    config = config_lib.defaults()
-    config.arch = arch
+    """The arch's recipe with the row's precision, batch, image size and data source."""
+    config = config_lib.recipe(arch)
     config.precision = precision_name
     config.per_device_batch_size = batch
     config.image_size = args.image_size
@@ -164,28 +176,6 @@ def _config(args, arch: str, precision_name: str, batch: int, data: str):
     config.data.num_threads = args.dali_threads
     config.data.root = args.data_root or ""
     return config
-
-
-def _dali_threads(config, pipelines: int) -> int:
-    # The trainer's rule (loop._num_threads): data.num_threads, else the cores per pipeline, <= 8.
-    return config.data.num_threads or max(1, min(8, (os.cpu_count() or 2) // pipelines))
-
-
-def _jax_batches(args, config, mesh, global_batch: int):
-    image_dtype = precision.image_dtype(config.precision)
-    if config.data.backend == "synthetic":
-        from resnet_jax.data import synthetic
-
-        return synthetic.train_iterator(
-            global_batch_size=global_batch, image_size=config.image_size,
-            image_dtype=image_dtype, num_classes=config.num_classes, mesh=mesh, seed=0)
-    from resnet_jax.data import dali, folders
-
-    pipelines = jax.local_device_count() if config.data.backend == "dali_gpu" else 1
-    return dali.train_iterator(
-        folders.scan_split(args.data_root, "train"), global_batch_size=global_batch,
-        image_size=config.image_size, image_dtype=image_dtype, mesh=mesh, seed=0,
-        backend=config.data.backend, num_threads=_dali_threads(config, pipelines))
 
 
 def _memory(compiled) -> int | None:
@@ -204,48 +194,26 @@ def _peak_memory() -> int | None:
 
 
 def bench_jax(args, arch: str, precision_name: str, batch: int, data: str, mode: str) -> dict:
-    """One resnet_jax row: the trainer's train step, or an eval-mode apply."""
+    """One resnet_jax row: the trainer's train step, or an eval-mode apply of its state."""
     config = _config(args, arch, precision_name, batch, data)
-    config_lib.validate(config)
-    jax.config.update("jax_default_matmul_precision",
-                      precision.matmul_precision(precision_name))
-    mesh = parallel.make_mesh()
-    global_batch = config_lib.global_batch_size(config, mesh.size)
-    replicated = parallel.replicated(mesh)
-    batches = _jax_batches(args, config, mesh, global_batch)
-    key = jax.random.key(config.seed)
+    # The trainer's set-up, without a workdir (nothing read or written) and without val/.
+    run = loop.setup_train_loop(config, None, with_eval=False)
+    mesh, global_batch = run.mesh, run.train_batch
+    batches = run.data.train(config.seed)
     if mode == "train":
-        # The schedule of a real ImageNet run of this batch (the rate only scales the update).
-        steps_per_epoch = config_lib.steps_per_epoch(1281167, global_batch)
-        schedule = optimizer.warmup_cosine(
-            config_lib.learning_rate(config, global_batch),
-            config.warmup_epochs * steps_per_epoch, config.num_epochs * steps_per_epoch)
-        tx = optimizer.create(schedule, momentum=config.momentum, nesterov=config.nesterov,
-                              weight_decay=config.weight_decay)
-        model = loop.build_model(config)
-        fp16 = precision_name == "fp16"
-        state = jax.jit(
-            functools.partial(state_lib.create, model, tx, image_size=config.image_size,
-                              loss_scale=config.loss_scale_init if fp16 else 1.0),
-            out_shardings=replicated)(key)
-        train_step = step_lib.make_train_step(
-            model, tx, schedule, mesh, num_classes=config.num_classes,
-            label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha, fp16=fp16,
-            loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed)
-        box = {"state": state}
+        box = {"state": run.state}
 
         def dispatch():
             box["batch"] = next(batches)
-            box["state"], metrics = train_step(box["state"], box["batch"])
+            box["state"], metrics = run.train_step(box["state"], box["batch"])
             return metrics["loss"]
 
         wait = jax.device_get  # a host sync on the loss
-        step_fn, example = train_step, lambda: (box["state"], box["batch"])
+        step_fn, example = run.train_step, lambda: (box["state"], box["batch"])
     else:
-        model = loop.build_model(config, train=False)
-        variables = jax.jit(functools.partial(state_lib.init_variables, model,
-                                              image_size=config.image_size),
-                            out_shardings=replicated)(key)
+        model = models.build(config, train=False)
+        variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+        replicated = parallel.replicated(mesh)
         apply = jax.jit(lambda v, images: model.apply(v, images, train=False),
                         in_shardings=(replicated, parallel.batch_sharded(mesh)),
                         out_shardings=parallel.batch_sharded(mesh))
@@ -269,7 +237,7 @@ def bench_jax(args, arch: str, precision_name: str, batch: int, data: str, mode:
 
 
 def torch_model(arch: str):
-    """(module, description): torchvision or timm when importable, else torch_reference."""
+    """(module, description): torchvision or timm when importable, else torch.reference."""
     if arch == "resnet50_v15":
         try:
             import torchvision
@@ -285,10 +253,10 @@ def torch_model(arch: str):
             return timm.create_model(name), f"timm {timm.__version__} {name}"
     except ImportError:
         pass
-    from resnet_jax import torch_reference
+    from resnet_jax.torch import reference
 
     scheme = "timm" if arch.startswith("se_") else "torchvision"
-    return torch_reference.ResNet(arch, scheme), f"resnet_jax.torch_reference ({scheme})"
+    return reference.ResNet(arch, scheme), f"resnet_jax.torch.reference ({scheme})"
 
 
 def _torch_batches(args, config, batch: int, data: str, device, on_gpu: bool):
@@ -307,17 +275,14 @@ def _torch_batches(args, config, batch: int, data: str, device, on_gpu: bool):
 
     from resnet_jax.data import dali, folders
 
-    split = folders.scan_split(args.data_root, "train")
-    pipe = dali._train_pipeline(
-        split.files, split.labels.tolist(), shard_id=0, num_shards=1, image_size=size,
-        dtype=dali._dali_dtype(precision.image_dtype(config.precision)), on_gpu=on_gpu,
-        batch_size=batch, device_id=0 if on_gpu else None, seed=0,
-        num_threads=_dali_threads(config, 1))
-    pipe.build()
+    pipe = dali.single_train_pipeline(
+        folders.scan_split(args.data_root, "train"), batch_size=batch, image_size=size,
+        image_dtype=precision.image_dtype(config.precision), on_gpu=on_gpu,
+        num_threads=num_threads(config, 1))
     if on_gpu:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name="Reader",
+        iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name=dali.READER,
                                        auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
         while True:
             for (out,) in iterator:
@@ -466,9 +431,10 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     on_gpu = jax.default_backend() == "gpu"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", type=_csv(config_lib.ARCHS), default=["resnet50_v15"],
-                        help=f"comma-separated, of {', '.join(config_lib.ARCHS)}")
-    parser.add_argument("--precisions", type=_csv(PRECISIONS),
+    parser.add_argument("--archs", type=_archs, default=["resnet50_v15"],
+                        help=f"comma-separated, of {', '.join(models.FULL_SIZE)} (or NVIDIA's "
+                        f"names: {', '.join(models.ALIASES)})")
+    parser.add_argument("--precisions", type=_csv(precision.PRECISIONS),
                         default=["bf16" if on_gpu else "fp32"],
                         help="comma-separated, of fp32, tf32, bf16, fp16 (default: bf16 on "
                         "GPUs, fp32 otherwise)")
@@ -491,6 +457,7 @@ def main() -> None:
                         help="run the PyTorch reference (default: when torch imports)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
+    quiet.keep_own_lines()
     args.dali_backend = "dali_gpu" if on_gpu else "dali_cpu"
     torch_version = _torch_version()
     if args.torch and torch_version is None:
@@ -544,7 +511,7 @@ def main() -> None:
         "devices": jax.device_count(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
         "jax": jax.__version__, "torch": torch_version,
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "timing": "median of per-step intervals, one step queued ahead",
     }
     print(f"\n{device_kind} x{jax.device_count()} ({jax.default_backend()}), "

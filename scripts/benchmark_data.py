@@ -36,6 +36,8 @@ import time
 import numpy as np
 from PIL import Image
 
+from resnet_jax import quiet
+
 # The normalization of resnet_jax.data.dali (ImageNet statistics on the 0..255 scale).
 MEAN = np.array([255.0 * m for m in (0.485, 0.456, 0.406)], np.float32)
 STD = np.array([255.0 * s for s in (0.229, 0.224, 0.225)], np.float32)
@@ -234,6 +236,7 @@ def main() -> None:
                         help="skip the dali train_iterator rows")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
+    quiet.keep_own_lines()
 
     from resnet_jax.data import folders
 
@@ -282,7 +285,7 @@ def main() -> None:
               "generated", "images_in_tree": len(split), "mean_jpeg_bytes": round(jpeg_bytes),
               "image_size": args.image_size, "batch_size": args.batch_size,
               "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     print(f"\n{_cpu_name()}, {cores} cores; {len(split)} JPEGs, mean {jpeg_bytes / 1024:.0f} KiB; "
           f"batch {args.batch_size}, {args.image_size} px float32 NHWC")
     head = (f"{'loader':<14} {'threads':>7} {'images':>6} {'img/s':>8} {'img/s/core':>10} "

@@ -6,6 +6,10 @@ Counts every convolution and matrix product of the eval-mode forward pass
 from the traced program (nothing is compiled or run). GFLOPs = 2 x GMACs.
 """
 
+# isort: off
+import resnet_jax  # noqa: F401  first, before jax: XLA's and TensorFlow's C++ logs stay quiet
+# isort: on
+
 import argparse
 import json
 
@@ -13,10 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import models
+from resnet_jax import models, quiet
 from resnet_jax.models import flops
-
-ARCHS = ("resnet50_v15", "resnext101_32x4d", "se_resnext101_32x4d")
 
 
 def main() -> None:
@@ -24,8 +26,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     args = parser.parse_args()
+    quiet.keep_own_lines()
     rows = []
-    for arch in ARCHS:
+    for arch in models.FULL_SIZE:
         model = models.create(arch)
         variables = jax.eval_shape(
             lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))

@@ -1,5 +1,123 @@
-"""Test set-up: eight simulated CPU devices, so that sharding runs as on an 8-GPU node."""
+"""Test set-up: simulated CPU devices, a persistent compilation cache, shared helpers.
+
+* Eight simulated CPU devices in the test process, so that sharding runs as on
+  an 8-GPU node. Commands started by the tests get 2 unless a test asks for
+  more: on 2 cores, 8 simulated devices prove nothing more for a whole run
+  and cost several times the time.
+* XLA's programs are cached on disk outside the checkout
+  (~/.cache/resnet_jax/jax-tests, or $RESNET_JAX_TEST_CACHE), shared by the
+  test process and every command it starts: the same small model compiled by
+  twenty runs is compiled once.
+* Commands run in a controlled environment (`command_env`): PATH, HOME and
+  the settings above, nothing else from the caller, plus TF_CPP_MIN_LOG_LEVEL=0,
+  the noisiest value a user's environment can hold, so that a test of what a
+  command prints proves it for every environment.
+"""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+CACHE_DIR = os.environ.setdefault(
+    "RESNET_JAX_TEST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax",
+                                          "jax-tests"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE_DIR)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
+
+# The recipe scaled down for tests: the tiny model, 32 px, fp32, DALI on the CPU.
+TINY = ("--config.arch=resnet_tiny", "--config.data.backend=dali_cpu",
+        "--config.image_size=32", "--config.eval_resize_size=36",
+        "--config.eval_image_size=32", "--config.precision=fp32",
+        "--config.data.num_threads=1")
+
+
+def command_env(devices: int = 2, **extra) -> dict:
+    """The environment of a command started by a test (see the module docstring)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "HOME": os.environ.get("HOME", "/tmp"),
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "TF_CPP_MIN_LOG_LEVEL": "0"}
+    env.update(extra)
+    return env
+
+
+def main_command(workdir, data_root, *overrides, num_classes: int = 3,
+                 batch_per_device: int = 4) -> list[str]:
+    """`python -m resnet_jax.main` of the tiny recipe (global batch 8 on 2 devices)."""
+    return [sys.executable, "-m", "resnet_jax.main", f"--config={RECIPE}",
+            f"--workdir={workdir}", *TINY, f"--config.num_classes={num_classes}",
+            f"--config.data.root={data_root}",
+            f"--config.per_device_batch_size={batch_per_device}", *overrides]
+
+
+def run(command: list[str], *, devices: int = 2, timeout: int = 300, **env):
+    """Runs a command as a user would; the result has `.output`, stdout + stderr."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                            env=command_env(devices, **env), stdin=subprocess.DEVNULL)
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def run_main(workdir, data_root, *overrides, devices: int = 2, **options):
+    """`main_command` run to its end."""
+    return run(main_command(workdir, data_root, *overrides, **options), devices=devices)
+
+
+def start(command: list[str], *, devices: int = 2, **env) -> subprocess.Popen:
+    """Starts a command with its output (stdout and stderr together) on a pipe."""
+    return subprocess.Popen(command, cwd=ROOT, env=command_env(devices, **env),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def error_line(result) -> str:
+    """What a user sees of a run stopped by bad input: exit 2 and exactly one line, `error: ...`."""
+    assert result.returncode == 2, result.output
+    assert result.stdout == "", result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def final_variables(workdir, arch: str = "resnet_tiny", num_classes: int = 3):
+    """(step, {'params', 'batch_stats'} as numpy) of the latest checkpoint in `workdir`."""
+    from resnet_jax import checkpoint, parallel
+    from resnet_jax.train.state import abstract_variables
+
+    saved = checkpoint.Saved(str(workdir))
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    variables = saved.restore_model(abstract_variables(arch, num_classes),
+                                    parallel.replicated(mesh))
+    return saved.step, jax.device_get(variables)
+
+
+def assert_same_variables(got, want, **tolerance):
+    """Every leaf equal (bit for bit without a tolerance)."""
+    if tolerance:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tolerance), got, want)
+    else:
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """The demo data set drawn small: 3 classes, 33 train and 15 val JPEGs of 40 px.
+
+    With a global batch of 8: 4 steps per epoch.
+    """
+    from resnet_jax.data.demo import make_demo_dataset
+
+    root = str(tmp_path_factory.mktemp("demo"))
+    make_demo_dataset(root, num_classes=3, train_per_class=11, val_per_class=5, image_size=40,
+                      seed=1)
+    return root

@@ -1,20 +1,20 @@
 """Bad input: one line `error: ...` naming the input and the fix, a non-zero exit, nothing lost.
 
 Most cases call the functions that `python -m resnet_jax.main` calls (config
-checks, folder scanning, `loop.open_data`) and check the ConfigError's text,
-which `main` prints as `error: <text>` with exit code 2. A few representative
-cases run the command itself (8 simulated CPU devices, tiny model, DALI on
-the CPU), on a workdir that already holds a checkpoint, which must stay as it
-was. Odd but valid images (CMYK, grayscale, a PNG named .JPEG, bytes after a
-JPEG's end) must simply work.
+checks, folder scanning, `open_data`) and check the ConfigError's text, which
+`main` prints as `error: <text>` with exit code 2. A few representative cases
+run the command itself (tiny model, DALI on the CPU, a controlled and noisy
+environment: see conftest.py), on a workdir that already holds a checkpoint,
+which must stay as it was; what the user sees is exactly one line. Odd but
+valid images (CMYK, grayscale, a PNG named .JPEG, bytes after a JPEG's end)
+must simply work.
 """
 
 import io
 import os
 import re
-import subprocess
-import sys
 
+from conftest import error_line, run_main
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -24,11 +24,8 @@ from resnet_jax import checkpoint, parallel
 from resnet_jax import config as config_lib
 from resnet_jax.data import dali, folders
 from resnet_jax.data.demo import make_demo_dataset
+from resnet_jax.data.source import open_data
 from resnet_jax.errors import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
-
 
 # --- image files -----------------------------------------------------------------------------
 
@@ -137,7 +134,7 @@ def _one_line(error) -> str:
 
 
 def _config(data_root: str, **fields) -> ml_collections.ConfigDict:
-    config = config_lib.defaults()
+    config = config_lib.recipe("resnet50_v15")
     config.arch, config.num_classes = "resnet_tiny", 3
     config.image_size, config.eval_resize_size, config.eval_image_size = 32, 36, 32
     config.per_device_batch_size = 1
@@ -149,10 +146,8 @@ def _config(data_root: str, **fields) -> ml_collections.ConfigDict:
 
 
 def _open_data(config, *, with_train=True):
-    from resnet_jax.train import loop
-
-    return loop.open_data(config, parallel.make_mesh(), train_batch=8, eval_batch=8,
-                          with_train=with_train)
+    return open_data(config, parallel.make_mesh(), train_batch=8, eval_batch=8,
+                     with_train=with_train)
 
 
 def test_layout_errors_name_the_folder_and_the_fix(tmp_path):
@@ -187,7 +182,8 @@ def test_bad_config_values_name_the_value_and_the_fix(tmp_path):
     tmp = re.escape(str(tmp_path))
     cases = [
         ({"arch": "resnet51"}, r"arch 'resnet51' is not supported: use one of resnet50_v15, "
-                               r".* \(--config.arch=...\)"),
+                               r".* or NVIDIA's names \(resnet50 = resnet50_v15, .*\) "
+                               r"\(--config.arch=NAME\)"),
         ({"precision": "fp8"}, r"precision 'fp8' is not supported: use one of fp32, tf32, bf16, "
                                r"fp16 \(--config.precision=...\)"),
         ({"data__backend": "pil"}, r"data.backend 'pil' is not supported: use one of dali_gpu, "
@@ -307,26 +303,8 @@ def test_skip_bad_images_still_needs_one_image_per_class(tmp_path):
 
 
 def _run(workdir, data_root, *overrides):
-    command = [sys.executable, "-m", "resnet_jax.main", f"--config={RECIPE}",
-               f"--workdir={workdir}", "--config.arch=resnet_tiny", "--config.num_classes=3",
-               f"--config.data.root={data_root}", "--config.data.backend=dali_cpu",
-               "--config.image_size=32", "--config.eval_resize_size=36",
-               "--config.eval_image_size=32", "--config.per_device_batch_size=1",
-               "--config.num_epochs=1", "--config.warmup_epochs=0", "--config.precision=fp32",
-               "--config.data.num_threads=1", *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    return result, result.stdout + result.stderr
-
-
-def _error_line(result) -> str:
-    """The one `error: ...` line, last on stderr; the rest may only be the run's INFO lines."""
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: "), output
-    assert all(re.match(r"I\d{4} ", line) for line in lines[:-1]), output
-    return lines[-1]
+    return run_main(workdir, data_root, "--config.num_epochs=1", "--config.warmup_epochs=0",
+                    *overrides)
 
 
 def _snapshot(workdir) -> dict:
@@ -365,9 +343,9 @@ def odd_root(tmp_path_factory):
 def trained(tmp_path_factory, odd_root):
     """A 1-epoch run of the command on odd_root with skip_bad_images: (workdir, output)."""
     workdir = str(tmp_path_factory.mktemp("run") / "run")
-    result, output = _run(workdir, odd_root, "--config.data.skip_bad_images=true")
-    assert result.returncode == 0, output
-    return workdir, output
+    result = _run(workdir, odd_root, "--config.data.skip_bad_images=true")
+    assert result.returncode == 0, result.output
+    return workdir, result.output
 
 
 def test_cmyk_grayscale_and_png_images_train_and_evaluate(trained, odd_root):
@@ -388,8 +366,8 @@ def test_cli_unreadable_image_names_it_and_keeps_the_workdir(trained, odd_root):
     workdir, _ = trained
     before = _snapshot(workdir)
     assert any(name.startswith("checkpoints/4/") for name in before)
-    result, _ = _run(workdir, odd_root, "--config.num_epochs=2")
-    assert _error_line(result).startswith(
+    result = _run(workdir, odd_root, "--config.num_epochs=2")
+    assert error_line(result).startswith(
         f"error: image file '{odd_root}/train/n0000_circle/download.JPEG' is unreadable: not a "
         "JPEG, PNG, BMP, TIFF or WebP file (it starts with b'<html><b'); 1 more unreadable file "
         f"in '{odd_root}/train': delete or replace them, or pass "
@@ -400,10 +378,10 @@ def test_cli_unreadable_image_names_it_and_keeps_the_workdir(trained, odd_root):
 def test_cli_checkpoint_of_another_arch_names_both(trained, odd_root, tmp_path):
     workdir, _ = trained
     before = _snapshot(workdir)
-    result, _ = _run(tmp_path / "eval", odd_root, "--config.mode=eval",
+    result = _run(tmp_path / "eval", odd_root, "--config.mode=eval",
                      "--config.arch=resnet50_v15", f"--config.checkpoint={workdir}",
                      "--config.data.skip_bad_images=true")
-    assert _error_line(result) == (
+    assert error_line(result) == (
         f"error: checkpoint '{workdir}' holds arch='resnet_tiny' but the config has "
         "arch='resnet50_v15': set --config.arch='resnet_tiny', or use another workdir or "
         "checkpoint")
@@ -413,16 +391,16 @@ def test_cli_checkpoint_of_another_arch_names_both(trained, odd_root, tmp_path):
 
 def test_cli_workdir_under_a_file_names_it(tmp_path, odd_root):
     (tmp_path / "a_file").write_text("not a folder")
-    result, _ = _run(tmp_path / "a_file" / "run", odd_root, "--config.data.skip_bad_images=true")
-    assert _error_line(result) == (
+    result = _run(tmp_path / "a_file" / "run", odd_root, "--config.data.skip_bad_images=true")
+    assert error_line(result) == (
         f"error: --workdir '{tmp_path}/a_file/run' is under the file '{tmp_path}/a_file', not a "
         "folder: pass --workdir=DIR of a new folder or of an earlier run's folder")
     assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
 def test_cli_missing_data_root_is_one_line(tmp_path):
-    result, _ = _run(tmp_path / "run", tmp_path / "nowhere")
-    assert _error_line(result) == (
+    result = _run(tmp_path / "run", tmp_path / "nowhere")
+    assert error_line(result) == (
         f"error: data.root '{tmp_path}/nowhere' does not exist: pass --config.data.root=DIR "
         "with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG")
     assert not os.path.exists(tmp_path / "run")

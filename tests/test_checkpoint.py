@@ -58,12 +58,11 @@ def test_restore_model_for_eval_from_step_folder_on_other_device_count(tmp_path)
     ckpt.close()
     step_folder = str(tmp_path / "checkpoints" / "7")
     for path in (str(tmp_path), step_folder):
-        directory, step = checkpoint.resolve(path)
-        assert step == 7 and checkpoint.read_meta(directory, step)["epoch"] == 1
+        opened = checkpoint.Saved(path)
+        assert opened.step == 7 and opened.meta["epoch"] == 1
     one_device = parallel.make_mesh(jax.devices()[:1])
     abstract = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0), 32))
-    variables = checkpoint.restore_model(*checkpoint.resolve(step_folder), abstract,
-                                         parallel.replicated(one_device))
+    variables = opened.restore_model(abstract, parallel.replicated(one_device))
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]),
                  jax.device_get(saved.params))
 

@@ -111,3 +111,25 @@ def test_training_set_smaller_than_a_batch_is_an_error():
     assert config_lib.steps_per_epoch(1000, 256) == 3
     with pytest.raises(ConfigError, match="200 images, fewer than one global batch of 256"):
         config_lib.steps_per_epoch(200, 256)
+
+
+@pytest.mark.parametrize("alias, arch", [("resnet50", "resnet50_v15"),
+                                         ("se-resnext101-32x4d", "se_resnext101_32x4d")])
+def test_nvidia_arch_names_are_accepted_and_saved_as_the_projects(tmp_path, alias, arch):
+    config = _load(recipe=arch)
+    config.arch = alias
+    config.data.root = str(tmp_path)
+    config_lib.validate(config)
+    assert config.arch == arch  # what checkpoints record and resumes compare
+    assert config_lib.recipe(alias).arch == arch
+
+
+def test_defaults_hold_plumbing_only_and_a_recipe_fills_them(tmp_path):
+    config = config_lib.defaults()
+    config.data.root = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"arch '' is not supported"):
+        config_lib.validate(config)
+    for recipe in ("resnet50_v15", "resnext101_32x4d", "se_resnext101_32x4d"):
+        config = _load(recipe=recipe)
+        config.data.root = str(tmp_path)
+        config_lib.validate(config)

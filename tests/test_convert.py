@@ -9,8 +9,10 @@ import pytest
 import torch  # a test dependency (pyproject's `test` extra); the converter itself needs none
 
 from resnet_jax import checkpoint, convert, models
-from resnet_jax import torch_reference as ref
-from resnet_jax.convert import ConversionError
+from resnet_jax.torch import convert as torch_convert
+from resnet_jax.torch import reference as ref
+from resnet_jax.torch.convert import ConversionError
+from resnet_jax.train.state import abstract_variables
 
 CASES = [
     ("resnet50_v15", "torchvision"),  # torchvision's and timm's resnet50 have the same keys
@@ -53,10 +55,10 @@ def _relative_error(got, want):
 def test_converted_logits_equal_pytorch(arch, scheme):
     model, images, want = _reference(arch, scheme)
     state_dict = _numpy_state_dict(model)
-    assert convert.naming_scheme(state_dict) == (
+    assert torch_convert.naming_scheme(state_dict) == (
         "nvidia" if scheme in ("nvidia", "nvidia_trt")
         or (scheme == "nvidia_ngc" and arch.startswith("se_")) else "torchvision/timm")
-    variables = convert.torch_to_flax(arch, state_dict)
+    variables = torch_convert.torch_to_flax(arch, state_dict)
     got = _apply(arch, 1000)(variables, jnp.asarray(images))
     assert got.shape == want.shape
     assert _relative_error(got, want) < 1e-4
@@ -66,7 +68,7 @@ def test_nvidia_se_gates_are_zero_padded_to_channels_over_16():
     model, _, _ = _reference("se_resnext101_32x4d", "nvidia")
     state_dict = _numpy_state_dict(model)
     assert state_dict["layers.2.0.squeeze.squeeze.weight"].shape == (16, 1024)
-    variables = convert.torch_to_flax("se_resnext101_32x4d", state_dict)
+    variables = torch_convert.torch_to_flax("se_resnext101_32x4d", state_dict)
     reduce = variables["params"]["layer3_0"]["se"]["reduce"]
     expand = variables["params"]["layer3_0"]["se"]["expand"]
     assert reduce["kernel"].shape == (1, 1, 1024, 64) and expand["kernel"].shape == (1, 1, 64, 1024)
@@ -80,7 +82,7 @@ def test_torch_tensors_ddp_prefix_and_other_class_counts():
     model, images, want = _reference("resnet_tiny", "torchvision", num_classes=7)
     state_dict = {f"module.{k}": v for k, v in model.state_dict().items()}  # torch tensors
     assert any(k.endswith("num_batches_tracked") for k in state_dict)
-    variables = convert.torch_to_flax("resnet_tiny", state_dict)
+    variables = torch_convert.torch_to_flax("resnet_tiny", state_dict)
     assert variables["params"]["fc"]["kernel"].shape == (64, 7)
     assert _relative_error(_apply("resnet_tiny", 7)(variables, jnp.asarray(images)), want) < 1e-4
 
@@ -92,7 +94,7 @@ def test_missing_unexpected_and_misshapen_keys_are_named():
     state_dict["layer5.0.conv1.weight"] = np.zeros((4, 4, 1, 1), np.float32)
     state_dict["layer1.0.conv2.weight"] = np.zeros((4, 4, 5, 5), np.float32)
     with pytest.raises(ConversionError) as error:
-        convert.torch_to_flax("resnet_tiny", state_dict)
+        torch_convert.torch_to_flax("resnet_tiny", state_dict)
     message = str(error.value)
     assert "missing 1: layer2.0.bn2.running_var" in message
     assert "unexpected 1: layer5.0.conv1.weight" in message
@@ -102,7 +104,7 @@ def test_missing_unexpected_and_misshapen_keys_are_named():
 def test_wrong_arch_is_reported_with_the_choices():
     model, _, _ = _reference("resnet50_v15", "torchvision")
     with pytest.raises(ConversionError, match=r"does not fit arch resnext101_32x4d.*--arch"):
-        convert.torch_to_flax("resnext101_32x4d", _numpy_state_dict(model))
+        torch_convert.torch_to_flax("resnext101_32x4d", _numpy_state_dict(model))
 
 
 def test_command_line_writes_a_checkpoint_that_restores(tmp_path):
@@ -112,18 +114,32 @@ def test_command_line_writes_a_checkpoint_that_restores(tmp_path):
     out = tmp_path / "converted"
     assert convert.main(["--arch", "resnet_tiny", "--torch-checkpoint", str(path),
                          "--output", str(out)]) == 0
-    directory, step = checkpoint.resolve(str(out))
-    meta = checkpoint.read_meta(directory, step)
-    assert (meta["arch"], meta["num_classes"], step) == ("resnet_tiny", 1000, 0)
+    saved = checkpoint.Saved(str(out))
+    meta = saved.meta
+    assert (meta["arch"], meta["num_classes"], saved.step) == ("resnet_tiny", 1000, 0)
     assert meta["class_names"][:2] == ["tench", "goldfish"]
-    abstract = convert.abstract_variables("resnet_tiny", 1000)
-    variables = checkpoint.restore_model(directory, step, abstract,
-                                         jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    variables = saved.restore_model(abstract_variables("resnet_tiny", 1000),
+                                    jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     assert _relative_error(_apply("resnet_tiny", 1000)(variables, jnp.asarray(images)),
                            want) < 1e-4
     # A second conversion into the same folder would mix checkpoints: refused.
     assert convert.main(["--arch", "resnet_tiny", "--torch-checkpoint", str(path),
                          "--output", str(out)]) == 2
+
+
+def test_nvidia_arch_names_are_aliases(tmp_path, capsys):
+    model, _, _ = _reference("resnext101_32x4d", "nvidia")
+    variables = torch_convert.torch_to_flax("resnext101-32x4d", _numpy_state_dict(model))
+    assert variables["params"]["fc"]["kernel"].shape == (2048, 1000)
+    tiny, _, _ = _reference("resnet_tiny", "torchvision")
+    path = tmp_path / "tiny.pth"
+    torch.save(tiny.state_dict(), path)
+    assert convert.main(["--arch", "resnet101", "--torch-checkpoint", str(path),
+                         "--output", str(tmp_path / "o")]) == 2
+    assert ("error: arch 'resnet101' is not supported: use one of resnet50_v15, resnet_tiny, "
+            "resnext101_32x4d, se_resnext101_32x4d or NVIDIA's names (resnet50 = resnet50_v15, "
+            "resnext101-32x4d = resnext101_32x4d, se-resnext101-32x4d = se_resnext101_32x4d) "
+            "(--arch=NAME)\n") == capsys.readouterr().err
 
 
 def test_command_line_errors_name_the_file(tmp_path, capsys):

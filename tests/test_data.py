@@ -3,9 +3,9 @@
 import collections
 import os
 import re
-import subprocess
 import sys
 
+from conftest import run
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -252,9 +252,11 @@ def test_demo_cli_is_idempotent(tmp_path):
     assert len(os.listdir(os.path.join(out, "train"))) == 4
     stamp = {f: os.stat(os.path.join(d, f)).st_mtime_ns
              for d, _, files in os.walk(out) for f in files}
-    run = subprocess.run([sys.executable, "-m", "resnet_jax.data.demo", *args],
-                         capture_output=True, text=True, check=True)
-    assert "already there" in run.stdout
+    result = run([sys.executable, "-m", "resnet_jax.data.demo", *args])
+    assert result.returncode == 0, result.output
+    # Its one line, nothing else.
+    assert result.stderr == "" and result.stdout.splitlines() == [
+        f"{out}: demo data set already there (20 images), nothing to do"]
     assert stamp == {f: os.stat(os.path.join(d, f)).st_mtime_ns
                      for d, _, files in os.walk(out) for f in files}
     # Other parameters redraw it in place.

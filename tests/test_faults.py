@@ -7,55 +7,42 @@ with those of an uninterrupted run of the same length, which must be identical.
 
 import os
 import random
+import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 
-import jax
+from conftest import assert_same_variables, final_variables, main_command, run, start
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, convert, parallel
-from resnet_jax.data.demo import make_demo_dataset
+from resnet_jax import checkpoint
 from resnet_jax.errors import TrainingError
 from resnet_jax.train import loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
-# 33 images, global batch 8 (8 devices x 1): 4 steps per epoch, 3 epochs = 12 steps.
+# 33 images, global batch 8 (2 devices x 4): 4 steps per epoch, 3 epochs = 12 steps.
 TOTAL_STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_demo_dataset(str(root), num_classes=3, train_per_class=11, val_per_class=2,
-                      image_size=40, seed=2)
-    return str(root)
+def data_root(demo_root):
+    return demo_root
 
 
 def _command(workdir, data_root, *overrides):
-    return [sys.executable, "-m", "resnet_jax.main", f"--config={RECIPE}",
-            f"--workdir={workdir}", "--config.arch=resnet_tiny", "--config.num_classes=3",
-            f"--config.data.root={data_root}", "--config.data.backend=dali_cpu",
-            "--config.image_size=32", "--config.eval_resize_size=36",
-            "--config.eval_image_size=32", "--config.per_device_batch_size=1",
-            "--config.num_epochs=3", "--config.warmup_epochs=1", "--config.log_every_steps=1",
-            "--config.precision=fp32", "--config.deterministic=true",
-            "--config.data.num_threads=2", *overrides]
+    return main_command(workdir, data_root, "--config.num_epochs=3", "--config.warmup_epochs=1",
+                        "--config.log_every_steps=1", "--config.deterministic=true",
+                        "--config.data.num_threads=2", *overrides)
 
 
 def _run(workdir, data_root, *overrides):
-    result = subprocess.run(_command(workdir, data_root, *overrides), capture_output=True,
-                            text=True, timeout=300, cwd=ROOT)
-    return result, result.stdout + result.stderr
+    result = run(_command(workdir, data_root, *overrides))
+    return result, result.output
 
 
 def _run_until_step(workdir, data_root, step, sig):
     """Starts a run, sends `sig` once its progress line for `step` is out; returns its output."""
-    process = subprocess.Popen(_command(workdir, data_root), cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = start(_command(workdir, data_root))
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -68,11 +55,7 @@ def _run_until_step(workdir, data_root, step, sig):
 
 
 def _final(workdir):
-    directory, step = checkpoint.resolve(str(workdir))
-    abstract = convert.abstract_variables("resnet_tiny", 3)
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    variables = checkpoint.restore_model(directory, step, abstract, parallel.replicated(mesh))
-    return step, jax.device_get(variables)
+    return final_variables(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +64,12 @@ def uninterrupted(tmp_path_factory, data_root):
     result, output = _run(workdir, data_root)
     assert result.returncode == 0, output
     assert f"step {TOTAL_STEPS}/{TOTAL_STEPS}" in output
-    return _final(workdir)
+    return _final(workdir), workdir
 
 
 def _assert_identical(got, want):
     assert got[0] == want[0] == TOTAL_STEPS
-    jax.tree.map(np.testing.assert_array_equal, got[1], want[1])
+    assert_same_variables(got[1], want[1])
 
 
 def _committed_steps(workdir):
@@ -117,7 +100,7 @@ def test_sigterm_then_sigkill_then_restart_ends_identical(tmp_path, data_root, u
     result, output = _run(workdir, data_root)
     assert result.returncode == 0, output
     assert f"at step {latest}" in output, (kill_at, latest, output)
-    _assert_identical(_final(workdir), uninterrupted)
+    _assert_identical(_final(workdir), uninterrupted[0])
 
 
 def test_interrupted_save_is_never_the_latest(tmp_path):
@@ -136,22 +119,23 @@ def test_interrupted_save_is_never_the_latest(tmp_path):
         ckpt.save(state(2, 50_000_000), {{"arch": "resnet_tiny", "num_classes": 3}})
         os.kill(os.getpid(), signal.SIGKILL)  # while the 200 MB write is under way
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=300, cwd=ROOT)
+    result = run([sys.executable, "-c", script])
     assert result.returncode == -signal.SIGKILL, result.stderr
     leftovers = os.listdir(tmp_path / "checkpoints")
     assert "1" in leftovers and "2" not in leftovers, leftovers
-    directory, step = checkpoint.resolve(str(tmp_path))
-    assert step == 1
-    assert checkpoint.read_meta(directory, step)["num_classes"] == 3
+    saved = checkpoint.Saved(str(tmp_path))
+    assert saved.step == 1 and saved.meta["num_classes"] == 3
 
 
-def test_resume_with_another_batch_then_a_diverging_run_stops(tmp_path, data_root):
+def test_resume_with_another_batch_then_a_diverging_run_stops(tmp_path, data_root,
+                                                            uninterrupted):
+    # The uninterrupted run as it was after its first epoch (step 4, 32 images seen).
     workdir = tmp_path / "run"
-    result, output = _run(workdir, data_root, "--config.num_epochs=1", "--config.warmup_epochs=0")
-    assert result.returncode == 0, output
+    shutil.copytree(uninterrupted[1], workdir)
+    for later in ("8", "12"):
+        shutil.rmtree(workdir / "checkpoints" / later)
     # Twice the batch: 16 images a step, 2 steps per epoch; 4 steps of 8 = 2 steps of 16.
-    result, output = _run(workdir, data_root, "--config.per_device_batch_size=2",
+    result, output = _run(workdir, data_root, "--config.per_device_batch_size=8",
                           "--config.num_epochs=2")
     assert result.returncode == 0, output
     assert "step 4 becomes step 2, after the same 32 images" in output
@@ -171,7 +155,7 @@ def test_resume_with_another_batch_then_a_diverging_run_stops(tmp_path, data_roo
     assert "the last checkpoint (step 8) is intact" in error
     after = _final(workdir)
     assert after[0] == 8
-    jax.tree.map(np.testing.assert_array_equal, after[1], before[1])
+    assert_same_variables(after[1], before[1])
 
 
 def test_non_finite_guard_counts_steps_in_a_row():

@@ -94,3 +94,14 @@ def test_batch_norm_uses_nvidia_momentum_and_epsilon():
 def test_unknown_arch_names_the_value_and_the_choices():
     with pytest.raises(ConfigError, match=r"arch 'resnet51'.*resnet50_v15"):
         models.create("resnet51")
+
+
+@pytest.mark.parametrize("alias, arch", [("resnet50", "resnet50_v15"),
+                                         ("resnext101-32x4d", "resnext101_32x4d"),
+                                         ("se-resnext101-32x4d", "se_resnext101_32x4d")])
+def test_nvidia_arch_names_build_the_same_network(alias, arch):
+    assert models.canonical(alias) == arch
+    assert models.create(alias, num_classes=7) == models.create(arch, num_classes=7)
+    for near_miss in (alias.upper(), alias.replace("-", "_") + "x", "resnet50-v15"):
+        with pytest.raises(ConfigError, match=rf"arch '{near_miss}' is not supported"):
+            models.canonical(near_miss)

@@ -25,11 +25,12 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.jax import DALIGenericIterator
 
 from resnet_jax import config as config_lib
+from resnet_jax.data import BACKENDS as ALL_BACKENDS
 from resnet_jax.data.folders import Split
 from resnet_jax.errors import ConfigError
 from resnet_jax.parallel import AXIS, batch_sharded
 
-BACKENDS = ("dali_cpu", "dali_gpu")
+BACKENDS = tuple(b for b in ALL_BACKENDS if b.startswith("dali_"))
 
 # ImageNet channel statistics on the 0..255 scale, as NVIDIA's pipeline uses them.
 MEAN = tuple(255.0 * m for m in (0.485, 0.456, 0.406))
@@ -40,7 +41,7 @@ STD = tuple(255.0 * s for s in (0.229, 0.224, 0.225))
 _DEVICE_MEMORY_PADDING = 211025920
 _HOST_MEMORY_PADDING = 140544512
 
-_READER = "Reader"
+READER = "Reader"  # the name by which DALI iterators find the file reader
 
 
 def _dali_dtype(image_dtype):
@@ -102,7 +103,7 @@ def _labels_out(labels, on_gpu: bool):
 def _train_pipeline(files, labels, *, shard_id, num_shards, image_size, dtype, on_gpu):
     jpegs, labels = fn.readers.file(
         files=files, labels=labels, random_shuffle=False, shard_id=shard_id,
-        num_shards=num_shards, name=_READER)
+        num_shards=num_shards, name=READER)
     if on_gpu:
         images = fn.decoders.image_random_crop(
             jpegs, device="mixed", output_type=types.RGB,
@@ -125,7 +126,7 @@ def _train_pipeline(files, labels, *, shard_id, num_shards, image_size, dtype, o
 def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu):
     # Each pipeline gets exactly its own (padded) file list, read once per pass in order.
     jpegs, labels = fn.readers.file(files=files, labels=labels, random_shuffle=False,
-                                    pad_last_batch=True, name=_READER)
+                                    pad_last_batch=True, name=READER)
     images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu",
                                output_type=types.RGB)
     images = fn.resize(images, resize_shorter=resize_size, interp_type=types.INTERP_LINEAR,
@@ -158,6 +159,18 @@ def preprocess_files(files: list[str], *, resize_size: int, image_size: int, ima
         images, _ = pipe.run()
         out.append((images.as_cpu() if on_gpu else images).as_array())
     return np.concatenate(out)[:len(files)]
+
+
+def single_train_pipeline(split: Split, *, batch_size: int, image_size: int, image_dtype,
+                          on_gpu: bool, num_threads: int, seed: int = 0):
+    """The training pipeline over all of `split` for one device, built (no sharding, files in
+    folder order): for another framework's loader, e.g. the benchmark's PyTorch reference."""
+    pipe = _train_pipeline(split.files, split.labels.tolist(), shard_id=0, num_shards=1,
+                           image_size=image_size, dtype=_dali_dtype(image_dtype), on_gpu=on_gpu,
+                           batch_size=batch_size, device_id=0 if on_gpu else None,
+                           seed=_pipeline_seed(seed, 0), num_threads=num_threads)
+    pipe.build()
+    return pipe
 
 
 def _run_cpu(pipe):
@@ -202,7 +215,7 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
                                    seed=_pipeline_seed(seed, position), **common)
             pipelines.append(pipe)
         iterator = DALIGenericIterator(
-            pipelines, ["images", "labels"], reader_name=_READER, auto_reset=True,
+            pipelines, ["images", "labels"], reader_name=READER, auto_reset=True,
             last_batch_policy=LastBatchPolicy.DROP, sharding=sharding)
 
         def gpu_batches():
@@ -319,7 +332,7 @@ def eval_iterator(split: Split, *, global_batch_size: int, resize_size: int, ima
                            device_id=device.local_hardware_id, **common)
             for shard, (_, device) in zip(shards, here, strict=True)]
         iterator = DALIGenericIterator(
-            pipelines, ["images", "labels"], reader_name=_READER, auto_reset=True,
+            pipelines, ["images", "labels"], reader_name=READER, auto_reset=True,
             last_batch_policy=LastBatchPolicy.FILL, sharding=sharding)
 
         def run_gpu_pass():

@@ -242,3 +242,10 @@ def check_same_classes(train_names: list[str], val_names: list[str], root: str) 
         f"data.root '{root}' has other class folders in train/ ({len(train_names)}) than in "
         f"val/ ({len(val_names)}): {', '.join(differences)}; give both the same class folders "
         "(labels are the sorted folder names)")
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names, in label order (sorted WordNet ids)."""
+    path = os.path.join(os.path.dirname(__file__), "imagenet_classes.txt")
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]

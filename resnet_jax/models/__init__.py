@@ -1,56 +1,80 @@
-"""Models by name: `create(name, num_classes=..., dtype=...)`.
+"""Models by name: `create(name, num_classes=..., dtype=...)`, or `build(config)`.
 
 The same names are used by configs (`config.arch`), the command line and the
-checkpoint metadata.
+checkpoint metadata. Each arch is a set of keyword arguments of `ResNet`, so
+`SPECS` is the one list of what exists. NVIDIA's scripts name the same
+networks `resnet50`, `resnext101-32x4d` and `se-resnext101-32x4d`; those
+names are accepted everywhere an arch is named and stand for the project's.
 """
-
-import functools
 
 import jax.numpy as jnp
 
 from resnet_jax.errors import ConfigError
 from resnet_jax.models.resnet import ResNet
 
-_REGISTRY = {
-    "resnet50_v15": functools.partial(
-        ResNet, stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512), expansion=4
-    ),
-    "resnext101_32x4d": functools.partial(
-        ResNet,
-        stage_sizes=(3, 4, 23, 3),
-        stage_widths=(128, 256, 512, 1024),
-        expansion=2,
-        groups=32,
-    ),
-    "se_resnext101_32x4d": functools.partial(
-        ResNet,
-        stage_sizes=(3, 4, 23, 3),
-        stage_widths=(128, 256, 512, 1024),
-        expansion=2,
-        groups=32,
-        se_reduction=16,
-    ),
+_RESNEXT101_32X4D = dict(stage_sizes=(3, 4, 23, 3), stage_widths=(128, 256, 512, 1024),
+                         expansion=2, groups=32)
+
+SPECS = {
+    "resnet50_v15": dict(stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512),
+                         expansion=4),
+    "resnext101_32x4d": _RESNEXT101_32X4D,
+    "se_resnext101_32x4d": dict(_RESNEXT101_32X4D, se_reduction=16),
     # A few thousand parameters with the same structure: tests and smoke runs.
-    "resnet_tiny": functools.partial(
-        ResNet, stage_sizes=(1, 1, 1, 1), stage_widths=(4, 8, 8, 16), expansion=4, stem_width=8
-    ),
+    "resnet_tiny": dict(stage_sizes=(1, 1, 1, 1), stage_widths=(4, 8, 8, 16), expansion=4,
+                        stem_width=8),
 }
+
+# NVIDIA ConvNets' --arch names (image_classification/models) for the same networks.
+ALIASES = {
+    "resnet50": "resnet50_v15",
+    "resnext101-32x4d": "resnext101_32x4d",
+    "se-resnext101-32x4d": "se_resnext101_32x4d",
+}
+
+# The ImageNet models (everything but the test model).
+FULL_SIZE = ("resnet50_v15", "resnext101_32x4d", "se_resnext101_32x4d")
 
 
 def names() -> list[str]:
-    """The registered architecture names."""
-    return sorted(_REGISTRY)
+    """The registered architecture names (aliases not included)."""
+    return sorted(SPECS)
+
+
+def canonical(name: str, *, flag: str = "--config.arch") -> str:
+    """The project's name for `name` (itself or an alias); a one-line error for anything else."""
+    if name in SPECS:
+        return name
+    if name in ALIASES:
+        return ALIASES[name]
+    aliases = ", ".join(f"{alias} = {target}" for alias, target in ALIASES.items())
+    raise ConfigError(f"arch {name!r} is not supported: use one of {', '.join(names())} "
+                      f"or NVIDIA's names ({aliases}) ({flag}=NAME)")
 
 
 def create(name: str, *, num_classes: int = 1000, dtype=jnp.float32, **kwargs) -> ResNet:
-    """Builds the Flax module registered as `name`.
+    """Builds the Flax module registered as `name` (or one of its aliases).
 
     Apply it with `module.apply(variables, images_nhwc, train=...)`; in
     training, pass `mutable=['batch_stats']`.
     """
-    if name not in _REGISTRY:
-        raise ConfigError(
-            f"arch {name!r} is not a known model: use one of {', '.join(names())} "
-            "(--config.arch=NAME)"
-        )
-    return _REGISTRY[name](num_classes=num_classes, dtype=dtype, **kwargs)
+    return ResNet(**SPECS[canonical(name)], num_classes=num_classes, dtype=dtype, **kwargs)
+
+
+def build(config, *, train: bool = True) -> ResNet:
+    """The configured model (config.arch, config.model.*) in the configured compute precision.
+
+    With `model.sync_batch_norm` the BN layers of the training model reduce
+    over the mesh axis 'data'; the evaluation model (`train=False`) never does.
+    """
+    from resnet_jax.parallel import AXIS
+    from resnet_jax.train import precision
+
+    sync = config.model.sync_batch_norm and train
+    return create(
+        config.arch, num_classes=config.num_classes,
+        dtype=precision.compute_dtype(config.precision),
+        conv_init=config.model.conv_init, zero_init_last_bn=config.model.zero_init_last_bn,
+        bn_momentum=config.model.bn_momentum, bn_epsilon=config.model.bn_epsilon,
+        bn_axis_name=AXIS if sync else None,
+    )

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 _DTYPES = {"fp32": jnp.float32, "tf32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
+PRECISIONS = tuple(_DTYPES)
 
 
 def compute_dtype(precision: str):

@@ -1,5 +1,6 @@
 """The training state: everything a train step needs, as one pytree."""
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -37,3 +38,12 @@ def create(model, tx, rng, *, image_size: int, loss_scale: float) -> TrainState:
         loss_scale=jnp.asarray(loss_scale, jnp.float32),
         good_steps=jnp.zeros((), jnp.int32),
     )
+
+
+def abstract_variables(arch: str, num_classes: int):
+    """Shapes and dtypes of `models.create(arch, num_classes=...)`'s variables (nothing runs)."""
+    from resnet_jax import models
+
+    model = models.create(arch, num_classes=num_classes)
+    return jax.eval_shape(functools.partial(init_variables, model, image_size=64),
+                          jax.random.key(0))

@@ -20,13 +20,8 @@ the PyTorch reference where torchvision and timm are not installed.
 import torch
 from torch import nn
 
-# arch -> blocks per stage, 3x3 widths, expansion, groups, SE
-SPECS = {
-    "resnet50_v15": ((3, 4, 6, 3), (64, 128, 256, 512), 4, 1, False, 64),
-    "resnext101_32x4d": ((3, 4, 23, 3), (128, 256, 512, 1024), 2, 32, False, 64),
-    "se_resnext101_32x4d": ((3, 4, 23, 3), (128, 256, 512, 1024), 2, 32, True, 64),
-    "resnet_tiny": ((1, 1, 1, 1), (4, 8, 8, 16), 4, 1, False, 8),
-}
+from resnet_jax import models
+
 NVIDIA_SE_HIDDEN = 16
 
 
@@ -91,7 +86,10 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     def __init__(self, arch: str, scheme: str, num_classes: int = 1000):
         super().__init__()
-        sizes, widths, expansion, groups, se, stem = SPECS[arch]
+        spec = models.SPECS[models.canonical(arch)]  # the Flax model's keyword arguments
+        sizes, widths, expansion = spec["stage_sizes"], spec["stage_widths"], spec["expansion"]
+        groups, se, stem = (spec.get("groups", 1), bool(spec.get("se_reduction")),
+                            spec.get("stem_width", 64))
         self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.maxpool = nn.MaxPool2d(3, 2, 1)

@@ -1,0 +1,80 @@
+"""The data source a config names (config.data.*), checked against the config.
+
+`open_data` is the one place where the trainer, the evaluation and the
+benchmark get their batches: synthetic, or DALI pipelines over the folder
+tree of data.root.
+"""
+
+from collections.abc import Callable, Iterator
+import dataclasses
+import os
+
+import jax
+
+from resnet_jax.errors import ConfigError
+from resnet_jax.train import precision
+
+
+@dataclasses.dataclass
+class Data:
+    """What the loop needs from a data source."""
+
+    num_train_images: int
+    class_names: list[str]
+    train: Callable[[int], Iterator[dict]]  # seed -> endless iterator of sharded batches
+    eval: object | None  # one pass per iteration, with a 'mask'; None: no evaluation
+
+
+def num_threads(config, pipelines: int) -> int:
+    """DALI CPU threads per pipeline: data.num_threads, else the cores per pipeline, at most 8."""
+    return config.data.num_threads or max(1, min(8, (os.cpu_count() or 2) // pipelines))
+
+
+def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bool = True,
+              with_eval: bool = True) -> Data:
+    """The data source that config.data.backend names, checked against the config.
+
+    `with_train=False` reads val/ alone (evaluation); `with_eval=False` leaves
+    val/ unread (benchmarks).
+    """
+    image_dtype = precision.image_dtype(config.precision)
+    if config.data.backend == "synthetic":
+        from resnet_jax.data import synthetic
+
+        return Data(
+            num_train_images=config.data.synthetic_train_images,
+            class_names=[],
+            train=lambda seed: synthetic.train_iterator(
+                global_batch_size=train_batch, image_size=config.image_size,
+                image_dtype=image_dtype, num_classes=config.num_classes, mesh=mesh, seed=seed),
+            eval=None,
+        )
+    if config.data.backend == "dali_gpu" and jax.devices()[0].platform != "gpu":
+        raise ConfigError(
+            f"data.backend 'dali_gpu' needs GPUs, but JAX sees {jax.devices()[0].platform} "
+            "devices: use --config.data.backend=dali_cpu (or install jax[cuda12])"
+        )
+    from resnet_jax.data import dali, folders
+
+    pipelines = jax.local_device_count() if config.data.backend == "dali_gpu" else 1
+    threads = num_threads(config, pipelines)
+    # Unreadable image files stop the run with their name, or are left out and counted.
+    bad_images = "skip" if config.data.skip_bad_images else "error"
+    val = folders.scan_split(config.data.root, "val", bad_images=bad_images) if with_eval else None
+    train = (folders.scan_split(config.data.root, "train", bad_images=bad_images)
+             if with_train else val)
+    folders.check_num_classes(train.class_names, config.num_classes, config.data.root)
+    if val is not None:
+        folders.check_same_classes(train.class_names, val.class_names, config.data.root)
+    return Data(
+        num_train_images=len(train),
+        class_names=list(train.class_names),
+        train=lambda seed: dali.train_iterator(
+            train, global_batch_size=train_batch, image_size=config.image_size,
+            image_dtype=image_dtype, mesh=mesh, seed=seed, backend=config.data.backend,
+            num_threads=threads),
+        eval=None if val is None else dali.eval_iterator(
+            val, global_batch_size=eval_batch, resize_size=config.eval_resize_size,
+            image_size=config.eval_image_size, image_dtype=image_dtype, mesh=mesh,
+            backend=config.data.backend, num_threads=threads),
+    )
