@@ -270,6 +270,7 @@ class StopSignals:
 
     def __init__(self):
         self.signal_name = None
+        self._announced = False
         self._previous = {}
 
     def __enter__(self):
@@ -279,13 +280,20 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
+        # No logging here: the handler may run inside a write to stderr (a write interrupted
+        # by the signal), and a second write into the same buffer fails. `requested` says it.
         self.signal_name = signal.Signals(signum).name
-        reporting.log(f"{self.signal_name}: stopping after this step and saving a checkpoint")
         # A second Ctrl-C interrupts at once.
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def requested(self, *, collective: bool) -> bool:
-        """True when this process (alone), or at a collective check any process, got a signal."""
+        """True when this process (alone), or at a collective check any process, got a signal.
+
+        Called after every step; the first call after a signal says that the run will stop.
+        """
+        if self.signal_name is not None and not self._announced:
+            self._announced = True
+            reporting.log(f"{self.signal_name}: stopping after this step and saving a checkpoint")
         if jax.process_count() == 1:
             return self.signal_name is not None
         if not collective:
