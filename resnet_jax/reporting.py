@@ -1,8 +1,8 @@
 """Metrics out: TensorBoard and log lines through clu, JSON lines, a progress line.
 
 clu's writers import TensorFlow, so clu is imported only where a run writes
-TensorBoard events (`create_writer`): evaluation, classification and
-conversion never load TensorFlow.
+TensorBoard events (`create_writer`, unless `config.tensorboard` is False):
+evaluation, classification and conversion never load TensorFlow.
 """
 
 import contextlib
@@ -59,17 +59,17 @@ class Writers:
             writer.close()
 
 
-def create_writer(workdir: str) -> Writers:
-    """TensorBoard events + log lines + WORKDIR/metrics.jsonl, written by process 0 only."""
+def create_writer(workdir: str, *, tensorboard: bool = True) -> Writers:
+    """WORKDIR/metrics.jsonl (+ TensorBoard events and log lines), written by process 0 only."""
     if jax.process_index() > 0:
         return Writers([])  # writes nothing
-    from clu import metric_writers  # loads TensorFlow
-
     os.makedirs(workdir, exist_ok=True)
-    return Writers([
-        metric_writers.create_default_writer(workdir, asynchronous=True),
-        JsonLinesWriter(os.path.join(workdir, "metrics.jsonl")),
-    ])
+    writers = [JsonLinesWriter(os.path.join(workdir, "metrics.jsonl"))]
+    if tensorboard:
+        from clu import metric_writers  # loads TensorFlow
+
+        writers.insert(0, metric_writers.create_default_writer(workdir, asynchronous=True))
+    return Writers(writers)
 
 
 def format_duration(seconds: float) -> str:

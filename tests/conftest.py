@@ -32,11 +32,12 @@ import pytest  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
 
-# The recipe scaled down for tests: the tiny model, 32 px, fp32, DALI on the CPU.
+# The recipe scaled down for tests: the tiny model, 32 px, fp32, DALI on the CPU, and no
+# TensorBoard (TensorFlow costs ~5 s per process; test_end_to_end turns it back on).
 TINY = ("--config.arch=resnet_tiny", "--config.data.backend=dali_cpu",
         "--config.image_size=32", "--config.eval_resize_size=36",
         "--config.eval_image_size=32", "--config.precision=fp32",
-        "--config.data.num_threads=1")
+        "--config.data.num_threads=1", "--config.tensorboard=false")
 
 
 def command_env(devices: int = 2, **extra) -> dict:

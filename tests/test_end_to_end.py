@@ -50,7 +50,8 @@ def _records(workdir):
 
 def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path, data_root):
     workdir = str(tmp_path / "run")
-    result, output = _run(workdir, data_root, "--config.num_epochs=2", "--config.precision=fp16")
+    result, output = _run(workdir, data_root, "--config.num_epochs=2", "--config.precision=fp16",
+                          "--config.tensorboard=true")
     assert result.returncode == 0, output
     # 33 images, global batch 8 (2 devices x 4): 4 steps per epoch.
     assert "4 steps/epoch" in output and "img/s" in output and "ETA" in output

@@ -64,6 +64,8 @@ def uninterrupted(tmp_path_factory, data_root):
     result, output = _run(workdir, data_root)
     assert result.returncode == 0, output
     assert f"step {TOTAL_STEPS}/{TOTAL_STEPS}" in output
+    # --config.tensorboard=false (conftest.TINY): metrics.jsonl alone.
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "metrics.jsonl"]
     return _final(workdir), workdir
 
 

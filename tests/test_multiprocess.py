@@ -17,7 +17,7 @@ from conftest import RECIPE, assert_same_variables, final_variables, start
 FLAGS = ["--config.arch=resnet_tiny", "--config.num_classes=5", "--config.precision=fp32",
          "--config.data.backend=synthetic", "--config.data.synthetic_train_images=24",
          "--config.per_device_batch_size=4", "--config.image_size=32", "--config.num_epochs=2",
-         "--config.warmup_epochs=0", "--config.log_every_steps=1"]
+         "--config.warmup_epochs=0", "--config.log_every_steps=1", "--config.tensorboard=false"]
 
 
 def _start(workdir, devices, *extra):

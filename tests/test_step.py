@@ -120,9 +120,10 @@ def test_per_device_bn_matches_per_shard_reference():
         targets = step_lib.smoothed_targets(y, NUM_CLASSES, 0.1)
         return step_lib.cross_entropy(logits, targets), updates["batch_stats"]
 
+    shard_grad = jax.jit(jax.grad(shard_loss, has_aux=True))  # one device, one shard
     grads, stats = [], []
     for x, y in zip(np.split(images, 8), np.split(labels, 8), strict=True):
-        g, s = jax.grad(shard_loss, has_aux=True)(params, x, y)
+        g, s = shard_grad(params, x, y)
         grads.append(g)
         stats.append(s)
     mean = lambda trees: jax.tree.map(lambda *xs: np.mean(xs, axis=0), *trees)  # noqa: E731

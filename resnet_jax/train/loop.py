@@ -177,7 +177,7 @@ def train_loop(run: TrainRun) -> dict:
     """
     config, ckpt, state = run.config, run.ckpt, run.state
     start_step, total_steps, per_epoch = run.start_step, run.total_steps, run.steps_per_epoch
-    writer = reporting.create_writer(run.workdir)
+    writer = reporting.create_writer(run.workdir, tensorboard=config.tensorboard)
     if start_step == 0:
         writer.write_hparams(dict(_flatten(config.to_dict())))
     reporting.log(_describe(run))
