@@ -5,7 +5,6 @@ latest checkpoint; `--config.mode=eval` evaluates DIR's (or
 --config.checkpoint's) latest checkpoint.
 """
 
-import os
 import sys
 
 from absl import app, flags
@@ -37,13 +36,12 @@ def main(argv):
     quiet.keep_own_lines()
     try:
         config_lib.validate(config)
-        if config.deterministic:
-            # Read when the GPU backend starts, i.e. before the first JAX computation.
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                       + " --xla_gpu_deterministic_ops=true").strip()
+        # XLA flags are read when the backend starts, i.e. before the first JAX computation.
+        parallel.configure_runtime(deterministic=config.deterministic)
         if config.mode == "train" and not FLAGS.workdir:
             raise ConfigError("--workdir is required for training: pass --workdir=runs/NAME")
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        parallel.check_devices()
         # Imported here so that a bad value is reported before TensorFlow (through clu) loads.
         from resnet_jax.train import loop
 

@@ -1,10 +1,30 @@
-"""Devices, processes and shardings.
+"""Processes, devices and shardings.
 
 One mesh over every device of every process, with one axis, 'data': the
 batch is split over it and the state is replicated on it.
+
+`initialize()` joins the processes of a multi-process job and decides which
+GPUs each one drives. It reads the launcher's environment itself (`plan`)
+and passes every value to `jax.distributed.initialize` with JAX's own
+cluster detection turned off, because that detection assumes one process
+per GPU: under a one-task-per-node SLURM or Open MPI launch it would limit
+each process to GPU 0 of its node. The launches:
+
+* SLURM (`srun`), one task per node: each process drives every GPU it sees.
+* SLURM, several tasks per node: the node's GPUs are split evenly between
+  them, unless SLURM already bound each task to its own GPUs
+  (`--gpus-per-task`, `--gpu-bind`), in which case each keeps its own.
+* Open MPI 4 (`OMPI_MCA_orte_hnp_uri`) and 5 (PRRTE, `PMIX_NAMESPACE`):
+  the same rule, from the `OMPI_COMM_WORLD_*` variables.
+* Explicit: `--coordinator_address`, `--num_processes`, `--process_id`
+  (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID), and
+  $JAX_LOCAL_DEVICE_IDS to choose the GPUs. Explicit values win over the
+  launcher's.
 """
 
+import dataclasses
 import os
+import re
 
 from absl import logging
 import jax
@@ -16,13 +36,67 @@ from resnet_jax.errors import ConfigError
 
 AXIS = "data"
 
-# Set by launchers (SLURM, Open MPI) when a job runs as several processes.
-_LAUNCHER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+# The coordinator's port when the launcher gives none: JAX's choice, from the job id, in
+# [61440, 65535]; $JAX_COORDINATOR_PORT overrides it.
+_PORT_BASE, _PORT_RANGE = 65536 - 2**12, 2**12
+# Where the NVIDIA driver lists a node's GPUs, one folder each.
+_NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "")
-    if not value:
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How this process joins the job, and which GPUs it drives."""
+
+    launcher: str  # "slurm", "openmpi", "flags" (explicit values), or "single"
+    num_processes: int = 1
+    process_id: int = 0
+    coordinator_address: str | None = None
+    local_rank: int = 0  # this process's index among the job's processes on its node
+    local_size: int = 1  # the job's processes on this node
+    # GPU indices (among those CUDA shows this process) to drive; None: all of them.
+    local_device_ids: tuple[int, ...] | None = None
+    # GPUs this process must end up with; None where unknown (no GPU, nothing set).
+    expected_gpus: int | None = None
+    read: tuple[str, ...] = ()  # the variables the launch was read from, for messages
+
+    def describe(self) -> str:
+        """The variables read, for an error message."""
+        return ", ".join(self.read) if self.read else "no launcher variables"
+
+
+_LAUNCH = Launch("single")
+
+# XLA flags for GPUs, added to XLA_FLAGS unless the user set the same flag there.
+GPU_XLA_FLAGS = {
+    # Lets XLA schedule the gradient all-reduce of data parallelism to overlap with the
+    # backward pass instead of running after it (NVIDIA's JAX containers set it too).
+    "--xla_gpu_enable_latency_hiding_scheduler": "true",
+}
+# Compiled programs are kept here between runs (a resume, an eval, a rerun skip most of the
+# compilation); $JAX_COMPILATION_CACHE_DIR chooses another folder, and
+# JAX_ENABLE_COMPILATION_CACHE=false turns the cache off.
+DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "resnet_jax", "xla")
+
+
+def configure_runtime(*, deterministic: bool = False, environ=None) -> None:
+    """XLA flags and the compilation cache; before the first JAX computation starts a backend."""
+    environ = os.environ if environ is None else environ
+    flags = dict(GPU_XLA_FLAGS) if visible_gpus(environ) else {}
+    if deterministic:  # slower GPU kernels whose results do not vary from run to run
+        flags["--xla_gpu_deterministic_ops"] = "true"
+    current = environ.get("XLA_FLAGS", "")
+    present = {item.split("=", 1)[0] for item in current.split()}
+    added = [f"{name}={value}" for name, value in flags.items() if name not in present]
+    if added:
+        environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    if not environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir",
+                          os.path.expanduser(DEFAULT_COMPILATION_CACHE))
+
+
+def _int(environ, name: str) -> int | None:
+    value = environ.get(name, "")
+    if not value.strip():
         return None
     try:
         return int(value)
@@ -31,28 +105,233 @@ def _env_int(name: str) -> int | None:
                           "or unset it") from None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
-    """Joins the other processes of a multi-process job; a no-op for one process.
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM host list: 'gpu[003-010,12],cpu1' -> 'gpu003'."""
+    depth, end = 0, len(nodelist)
+    for i, ch in enumerate(nodelist):  # the first top-level comma ends the first entry
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            end = i
+            break
+    entry = nodelist[:end].strip()
+    # Each bracket holds ranges and single values; the first host takes the first of each.
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[,-]", m.group(1))[0], entry)
 
-    Explicit values (arguments, else $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES,
-    $JAX_PROCESS_ID) win; otherwise a SLURM or Open MPI launch of more than one
-    task is detected and JAX reads the rest from the launcher's environment.
+
+def tasks_per_node(spec: str) -> list[int]:
+    """SLURM's compressed task counts, '8(x2),4' -> [8, 8, 4]."""
+    counts = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not match:
+            raise ConfigError(f"SLURM task count {spec!r} is not in SLURM's format "
+                              "(e.g. '8(x2)'): run the job with srun")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def _port(environ, job_number: int) -> int:
+    return _int(environ, "JAX_COORDINATOR_PORT") or _PORT_BASE + job_number % _PORT_RANGE
+
+
+def _slurm(environ) -> Launch | None:
+    """A task started by srun, or None."""
+    if "SLURM_JOB_ID" not in environ or "SLURM_PROCID" not in environ:
+        return None
+    count_name = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in environ else "SLURM_NTASKS"
+    num_processes = _int(environ, count_name) or 1
+    read = ["SLURM_JOB_ID", count_name, "SLURM_PROCID"]
+    if num_processes <= 1:
+        return None
+    local_rank = _int(environ, "SLURM_LOCALID") or 0
+    spec_name = next((n for n in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
+                      if environ.get(n)), None)
+    if spec_name:
+        counts = tasks_per_node(environ[spec_name])
+        node = _int(environ, "SLURM_NODEID") or 0
+        local_size = counts[node] if node < len(counts) else counts[-1]
+        read += ["SLURM_LOCALID", spec_name, "SLURM_NODEID"]
+    else:
+        local_size = _int(environ, "SLURM_NTASKS_PER_NODE") or local_rank + 1
+        read += ["SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"]
+    nodelist_name = next((n for n in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
+                                      "SLURM_NODELIST") if environ.get(n)), None)
+    coordinator = None
+    if nodelist_name:
+        read.append(nodelist_name)
+        port = _port(environ, _int(environ, "SLURM_JOB_ID") or 0)
+        coordinator = f"{first_host(environ[nodelist_name])}:{port}"
+    return Launch("slurm", num_processes, _int(environ, "SLURM_PROCID") or 0, coordinator,
+                  local_rank, local_size, read=tuple(read))
+
+
+def _openmpi(environ) -> Launch | None:
+    """A process started by Open MPI's mpirun (4: ORTE, 5: PRRTE), or None."""
+    num_processes = _int(environ, "OMPI_COMM_WORLD_SIZE")
+    if not num_processes or num_processes <= 1:
+        return None
+    read = ["OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
+            "OMPI_COMM_WORLD_LOCAL_SIZE"]
+    coordinator = None
+    uri = environ.get("OMPI_MCA_orte_hnp_uri", "")  # Open MPI <= 4: mpirun's address
+    namespace = environ.get("PMIX_NAMESPACE", "")  # Open MPI 5: prterun-<host>-<pid>@<job>
+    if uri:
+        read.append("OMPI_MCA_orte_hnp_uri")
+        job = re.match(r"(\d+)", uri)
+        address = re.search(r"tcp://([^,:;]+)|tcp6://\[([^,\]]+)", uri)
+        if address:
+            host = next(h for h in address.groups() if h)
+            host = f"[{host}]" if ":" in host else host
+            coordinator = f"{host}:{_port(environ, int(job.group(1)) // 2**12 if job else 0)}"
+    elif match := re.fullmatch(r"prterun-(.+)-(\d+)@\d+", namespace):
+        read.append("PMIX_NAMESPACE")
+        coordinator = f"{match.group(1)}:{_port(environ, int(match.group(2)))}"
+    return Launch("openmpi", num_processes, _int(environ, "OMPI_COMM_WORLD_RANK") or 0,
+                  coordinator, _int(environ, "OMPI_COMM_WORLD_LOCAL_RANK") or 0,
+                  _int(environ, "OMPI_COMM_WORLD_LOCAL_SIZE") or 1, read=tuple(read))
+
+
+def visible_gpus(environ=None) -> int | None:
+    """GPUs CUDA will show this process (CUDA_VISIBLE_DEVICES, else the driver's list), or None."""
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        value = environ["CUDA_VISIBLE_DEVICES"].strip()
+        return 0 if value in ("", "NoDevFiles", "-1") else len(value.split(","))
+    if os.path.isdir(_NVIDIA_GPUS):
+        return len(os.listdir(_NVIDIA_GPUS))
+    return None
+
+
+def _gpu_share(launch: Launch, environ, gpus: int | None) -> Launch:
+    """Decides the GPUs of a process from the launch and the GPUs it sees."""
+    ids_text = environ.get("JAX_LOCAL_DEVICE_IDS", "").strip()
+    if ids_text:  # the user's choice
+        try:
+            ids = tuple(int(i) for i in ids_text.split(","))
+        except ValueError:
+            raise ConfigError(f"JAX_LOCAL_DEVICE_IDS={ids_text!r} is not a list of GPU "
+                              "indices: set it like 0,1,2,3 or unset it") from None
+        return dataclasses.replace(launch, local_device_ids=ids, expected_gpus=len(ids))
+    if not gpus:  # no GPU (CPU runs), or none known: nothing to split
+        return launch
+    if launch.local_size <= 1:
+        return dataclasses.replace(launch, expected_gpus=gpus)
+    # SLURM lists the step's GPUs on this node; a task that sees fewer was bound to its own.
+    step_gpus = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS")
+    if launch.launcher == "slurm" and step_gpus and len(step_gpus.split(",")) > gpus:
+        return dataclasses.replace(launch, expected_gpus=gpus)
+    if gpus == 1:
+        return dataclasses.replace(launch, expected_gpus=1)
+    if gpus % launch.local_size:
+        divisors = [str(n) for n in range(1, gpus + 1) if gpus % n == 0]
+        raise ConfigError(
+            f"the {gpus} GPUs of this node cannot be shared evenly by its "
+            f"{launch.local_size} processes ({launch.describe()}): start "
+            f"{', '.join(divisors)} processes per node")
+    share = gpus // launch.local_size
+    start = launch.local_rank * share
+    return dataclasses.replace(launch, local_device_ids=tuple(range(start, start + share)),
+                               expected_gpus=share)
+
+
+def plan(coordinator_address: str | None = None, num_processes: int | None = None,
+         process_id: int | None = None, environ=None, gpus: int | None = -1) -> Launch:
+    """The launch of this process: explicit values, else the launcher's; no side effects.
+
+    `gpus` is the number of GPUs this process sees (-1: read it from the system).
     """
-    coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
-    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    environ = os.environ if environ is None else environ
+    gpus = visible_gpus(environ) if gpus == -1 else gpus
+    coordinator_address = coordinator_address or environ.get("JAX_COORDINATOR_ADDRESS") or None
+    if num_processes is None:
+        num_processes = _int(environ, "JAX_NUM_PROCESSES")
+    if process_id is None:
+        process_id = _int(environ, "JAX_PROCESS_ID")
+    # Open MPI first: mpirun inside a SLURM allocation also leaves SLURM's variables.
+    launcher = _openmpi(environ) or _slurm(environ)
     explicit = (coordinator_address, num_processes, process_id)
-    if any(v is not None for v in explicit) and (num_processes or 1) > 1:
+    if launcher is None:
+        if (num_processes or 1) <= 1:
+            return Launch("single")
         if None in explicit:
             raise ConfigError(
                 "a multi-process launch needs all of --coordinator_address (host:port of "
                 "process 0), --num_processes and --process_id (or $JAX_COORDINATOR_ADDRESS, "
                 f"$JAX_NUM_PROCESSES, $JAX_PROCESS_ID); got {coordinator_address=}, "
                 f"{num_processes=}, {process_id=}")
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif any((_env_int(name) or 1) > 1 for name in _LAUNCHER_ENV):
-        jax.distributed.initialize()
+        launcher = Launch("flags", read=("--coordinator_address", "--num_processes",
+                                         "--process_id"))
+    elif any(value is not None for value in explicit):
+        launcher = dataclasses.replace(launcher, launcher="flags")
+    launch = dataclasses.replace(
+        launcher,
+        coordinator_address=coordinator_address or launcher.coordinator_address,
+        num_processes=num_processes if num_processes is not None else launcher.num_processes,
+        process_id=process_id if process_id is not None else launcher.process_id)
+    if launch.num_processes <= 1:
+        return Launch("single")
+    if launch.coordinator_address is None:
+        raise ConfigError(
+            f"cannot tell where process 0 runs from the {launcher.launcher} launch "
+            f"({launch.describe()}): pass --coordinator_address=HOST:PORT of the host of "
+            "process 0 (or set $JAX_COORDINATOR_ADDRESS, e.g. mpirun -x "
+            "JAX_COORDINATOR_ADDRESS=$(hostname):12345)")
+    if not 0 <= launch.process_id < launch.num_processes:
+        raise ConfigError(f"process id {launch.process_id} is not in 0..{launch.num_processes - 1} "
+                          f"({launch.describe()}): check --process_id and --num_processes")
+    return _gpu_share(launch, environ, gpus)
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> Launch:
+    """Joins the other processes of a multi-process job (a no-op for one); returns the launch.
+
+    Must run before anything else uses JAX. A failure to join is a ConfigError
+    that names the launcher variables read and the values used.
+    """
+    global _LAUNCH
+    launch = plan(coordinator_address, num_processes, process_id)
+    if launch.num_processes > 1:
+        try:
+            jax.distributed.initialize(
+                launch.coordinator_address, launch.num_processes, launch.process_id,
+                local_device_ids=list(launch.local_device_ids) if launch.local_device_ids
+                else None,
+                cluster_detection_method="deactivate")  # the decisions above stand
+        except Exception as error:  # noqa: BLE001 (JAX raises several kinds)
+            detail = " ".join(str(error).split())[:300]
+            raise ConfigError(
+                f"process {launch.process_id} of {launch.num_processes} could not join the "
+                f"job at {launch.coordinator_address} ({launch.describe()}): {detail}. Check "
+                "that every process was started, that process 0 runs on that host and that "
+                "the port is open, or pass --coordinator_address=HOST:PORT") from None
+    _LAUNCH = launch
+    return launch
+
+
+def check_devices() -> None:
+    """Stops with one error line when the processes drive different numbers of devices, or
+    this process drives fewer or more GPUs than its launch gives it. After `initialize`."""
+    launch = _LAUNCH
+    local = jax.local_device_count()
+    if launch.expected_gpus and jax.devices()[0].platform == "gpu" and (
+            local != launch.expected_gpus):
+        raise ConfigError(
+            f"process {jax.process_index()} drives {local} GPUs but should drive "
+            f"{launch.expected_gpus} ({launch.describe()}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): check the GPUs the "
+            "launcher gives each task (e.g. --gpus-per-node) and JAX_LOCAL_DEVICE_IDS")
+    # Every process knows every device and its process: no collective is needed.
+    counts = [0] * jax.process_count()
+    for device in jax.devices():
+        counts[device.process_index] += 1
+    if len(set(counts)) > 1:
+        listing = ", ".join(f"process {i}: {n}" for i, n in enumerate(counts))
+        raise ConfigError(
+            f"the processes drive different numbers of devices ({listing}): give every "
+            "process the same number of GPUs (the same --gpus-per-node on every node, or "
+            "the same count in JAX_LOCAL_DEVICE_IDS)")
 
 
 def log_devices() -> None:

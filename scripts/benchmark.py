@@ -527,4 +527,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch
+    parallel.configure_runtime()  # the trainer's XLA flags and compilation cache
     main()

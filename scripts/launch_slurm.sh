@@ -8,9 +8,9 @@
 #
 # Run from the checkout, after `EXTRAS=cuda12,test bash scripts/setup.sh` on a node
 # (the checkout, its .venv, DATA and WORKDIR must be on a filesystem every node sees).
-# JAX reads the SLURM environment (node list, task count and rank), elects the
-# first node as coordinator and joins the processes (jax.distributed); the
-# batch is then split over all 2 x 8 GPUs: 256 images per GPU for ResNet50,
+# resnet_jax reads the SLURM environment (node list, task count and rank), elects the
+# first node as coordinator, joins the processes (jax.distributed) and gives each
+# process every GPU of its node; the batch is then split over all 2 x 8 GPUs: 256 images per GPU for ResNet50,
 # a global batch of 4096, learning rate 4.096. Only process 0 logs and writes
 # TensorBoard; all processes write the checkpoints together. Restarting the
 # same command resumes from WORKDIR's latest checkpoint.
@@ -32,7 +32,8 @@ WORKDIR=${1:-runs/${SLURM_JOB_NAME:-resnet_jax}-${SLURM_JOB_ID:-local}}
 : "${DATA:?set DATA to the ImageNet folder (DATA/train/<class>, DATA/val/<class>)}"
 
 # --kill-on-bad-exit: one failed process ends the job instead of leaving the others
-# waiting forever in a collective.
-srun --kill-on-bad-exit=1 --ntasks-per-node=1 \
+# waiting forever in a collective. --cpus-per-task again: since Slurm 22.05 srun does not
+# inherit it from sbatch, and a task would get one core for its DALI threads.
+srun --kill-on-bad-exit=1 --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-64}" \
     .venv/bin/python -m resnet_jax.main --config "$CONFIG" --workdir "$WORKDIR" \
     --config.data.root="$DATA" --config.data.backend=dali_gpu "$@"

@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 from resnet_jax import config as config_lib
-from resnet_jax.data import dali, demo
+from resnet_jax.data import dali, demo, source
 from resnet_jax.data.folders import Split, check_num_classes, scan_split
 from resnet_jax.errors import ConfigError
 
@@ -271,3 +271,16 @@ def test_demo_refuses_foreign_folder(tmp_path):
         demo.make_demo_dataset(str(tmp_path), num_classes=2, train_per_class=2, val_per_class=1,
                                image_size=16)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_dali_threads_follow_the_cores_the_process_may_use(monkeypatch):
+    """A SLURM task given 16 of a node's 128 cores sizes its pipelines from 16, not 128."""
+    config = config_lib.defaults()
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert source.num_threads(config, pipelines=8) == 2
+    assert source.num_threads(config, pipelines=1) == 8  # at most 8 per pipeline
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert source.num_threads(config, pipelines=16) == 1
+    config.data.num_threads = 5
+    assert source.num_threads(config, pipelines=16) == 5

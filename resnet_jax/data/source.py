@@ -25,9 +25,17 @@ class Data:
     eval: object | None  # one pass per iteration, with a 'mask'; None: no evaluation
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a SLURM task's own), not the node's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 2
+
+
 def num_threads(config, pipelines: int) -> int:
-    """DALI CPU threads per pipeline: data.num_threads, else the cores per pipeline, at most 8."""
-    return config.data.num_threads or max(1, min(8, (os.cpu_count() or 2) // pipelines))
+    """DALI CPU threads per pipeline: data.num_threads, else the usable cores per pipeline, <= 8."""
+    return config.data.num_threads or max(1, min(8, usable_cores() // pipelines))
 
 
 def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bool = True,

@@ -366,6 +366,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     if data.eval is None:
         raise ConfigError("mode=eval needs images: set --config.data.backend=dali_gpu or "
                           "dali_cpu and --config.data.root=DIR with DIR/val/<class>/*.JPEG")
+    parallel.log_devices()
     model = models.build(config, train=False)
     variables = saved.restore_model(state_lib.abstract_variables(config.arch, config.num_classes),
                                     parallel.replicated(mesh))

@@ -1,0 +1,175 @@
+"""Launches: what each process of a SLURM, Open MPI or explicit launch joins and drives.
+
+`parallel.plan` reads a launcher's environment as it is on a real node; each
+case gives the environment a process would see and checks the coordinator,
+process count and id, and the GPUs it drives (None: every GPU it sees).
+"""
+
+import sys
+
+from conftest import run
+import pytest
+
+from resnet_jax import parallel
+from resnet_jax.errors import ConfigError
+
+
+def _slurm(procid, localid, nodeid, *, ntasks, tasks_per_node, nodelist="gpu[007-008]",
+           job_id="4242", **extra):
+    env = {"SLURM_JOB_ID": job_id, "SLURM_NTASKS": str(ntasks),
+           "SLURM_STEP_NUM_TASKS": str(ntasks), "SLURM_PROCID": str(procid),
+           "SLURM_LOCALID": str(localid), "SLURM_NODEID": str(nodeid),
+           "SLURM_STEP_TASKS_PER_NODE": tasks_per_node, "SLURM_TASKS_PER_NODE": tasks_per_node,
+           "SLURM_JOB_NODELIST": nodelist, "SLURM_STEP_NODELIST": nodelist}
+    env.update(extra)
+    return env
+
+
+PORT_4242 = 61440 + 4242 % 4096
+
+
+def test_slurm_one_task_per_node_drives_every_gpu_of_its_node():
+    """sbatch --nodes=2 --ntasks-per-node=1 --gpus-per-node=8: 16 GPUs, not 2."""
+    for procid in (0, 1):
+        env = _slurm(procid, 0, procid, ntasks=2, tasks_per_node="1(x2)",
+                     CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7", SLURM_STEP_GPUS="0,1,2,3,4,5,6,7")
+        launch = parallel.plan(environ=env)
+        assert (launch.launcher, launch.num_processes, launch.process_id) == ("slurm", 2, procid)
+        assert launch.coordinator_address == f"gpu007:{PORT_4242}"
+        assert launch.local_device_ids is None and launch.expected_gpus == 8
+
+
+def test_slurm_one_task_per_gpu_drives_one_gpu_each():
+    # Tasks that all see the node's 8 GPUs take one each, by local rank.
+    for procid, localid, nodeid in ((0, 0, 0), (5, 5, 0), (13, 5, 1)):
+        env = _slurm(procid, localid, nodeid, ntasks=16, tasks_per_node="8(x2)",
+                     CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7", SLURM_STEP_GPUS="0,1,2,3,4,5,6,7")
+        launch = parallel.plan(environ=env)
+        assert launch.process_id == procid and launch.local_device_ids == (localid,)
+    # Tasks that SLURM bound to their own GPU (--gpus-per-task=1) keep it.
+    env = _slurm(13, 5, 1, ntasks=16, tasks_per_node="8(x2)", CUDA_VISIBLE_DEVICES="5",
+                 SLURM_STEP_GPUS="0,1,2,3,4,5,6,7")
+    launch = parallel.plan(environ=env)
+    assert launch.local_device_ids is None and launch.expected_gpus == 1
+
+
+def test_slurm_two_tasks_per_node_share_the_gpus_evenly_or_say_how():
+    env = _slurm(3, 1, 1, ntasks=4, tasks_per_node="2(x2)", CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")
+    assert parallel.plan(environ=env).local_device_ids == (4, 5, 6, 7)
+    env = _slurm(3, 2, 1, ntasks=6, tasks_per_node="3(x2)", CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")
+    with pytest.raises(ConfigError, match=r"the 8 GPUs of this node cannot be shared evenly by "
+                                          r"its 3 processes .*: start 1, 2, 4, 8 processes"):
+        parallel.plan(environ=env)
+
+
+def test_slurm_outside_srun_or_with_one_task_is_a_single_process():
+    assert parallel.plan(environ={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}).launcher == "single"
+    env = _slurm(0, 0, 0, ntasks=1, tasks_per_node="1")
+    assert parallel.plan(environ=env).num_processes == 1
+
+
+@pytest.mark.parametrize("nodelist, host", [
+    ("node001", "node001"), ("node001,host2", "node001"), ("node[001-016],host2", "node001"),
+    ("node[007,009-015]", "node007"), ("rack[2-3]-gpu[01-04]", "rack2-gpu01"),
+    ("a-b[3,5]-ib,c", "a-b3-ib"),
+])
+def test_first_host_of_a_slurm_host_list(nodelist, host):
+    assert parallel.first_host(nodelist) == host
+
+
+def test_slurm_task_counts():
+    assert parallel.tasks_per_node("8(x2),4") == [8, 8, 4]
+    with pytest.raises(ConfigError, match="is not in SLURM's format"):
+        parallel.tasks_per_node("eight")
+
+
+def _ompi(rank, local_rank, *, size, local_size, **extra):
+    env = {"OMPI_COMM_WORLD_SIZE": str(size), "OMPI_COMM_WORLD_RANK": str(rank),
+           "OMPI_COMM_WORLD_LOCAL_RANK": str(local_rank),
+           "OMPI_COMM_WORLD_LOCAL_SIZE": str(local_size)}
+    env.update(extra)
+    return env
+
+
+def test_open_mpi_4_one_process_per_node():
+    uri = "1531576320.0;tcp://10.96.0.1,10.148.0.1:34911"
+    env = _ompi(1, 0, size=2, local_size=1, OMPI_MCA_orte_hnp_uri=uri,
+                CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7",
+                # mpirun inside a SLURM allocation: SLURM's variables are there too.
+                SLURM_JOB_ID="9", SLURM_NTASKS="2", SLURM_PROCID="0", SLURM_LOCALID="0")
+    launch = parallel.plan(environ=env)
+    assert (launch.launcher, launch.num_processes, launch.process_id) == ("openmpi", 2, 1)
+    assert launch.coordinator_address == f"10.96.0.1:{61440 + (1531576320 // 4096) % 4096}"
+    assert launch.local_device_ids is None and launch.expected_gpus == 8
+
+
+def test_open_mpi_5_one_process_per_gpu():
+    """Open MPI 5 (PRRTE) has no OMPI_MCA_orte_hnp_uri; mpirun's host is in the namespace."""
+    env = _ompi(9, 1, size=16, local_size=8, PMIX_NAMESPACE="prterun-dgx-a01-123456@1",
+                PMIX_RANK="9", PRTE_LAUNCHED="1", CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")
+    launch = parallel.plan(environ=env)
+    assert launch.coordinator_address == f"dgx-a01:{61440 + 123456 % 4096}"
+    assert (launch.num_processes, launch.process_id, launch.local_device_ids) == (16, 9, (1,))
+
+
+def test_open_mpi_without_a_coordinator_says_how_to_give_one():
+    env = _ompi(0, 0, size=2, local_size=1)
+    with pytest.raises(ConfigError, match=r"cannot tell where process 0 runs from the openmpi "
+                                          r"launch \(OMPI_COMM_WORLD_SIZE.*\): pass "
+                                          r"--coordinator_address=HOST:PORT"):
+        parallel.plan(environ=env)
+    launch = parallel.plan("head:1234", environ=env)  # the flag completes the launch
+    assert (launch.launcher, launch.coordinator_address, launch.num_processes) == (
+        "flags", "head:1234", 2)
+
+
+def test_explicit_values_and_local_device_ids():
+    launch = parallel.plan(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2",
+                                    "JAX_PROCESS_ID": "1", "JAX_LOCAL_DEVICE_IDS": "2,3"})
+    assert (launch.launcher, launch.process_id, launch.local_device_ids) == ("flags", 1, (2, 3))
+    launch = parallel.plan("h:1", 2, 0, environ={}, gpus=8)
+    assert launch.local_device_ids is None and launch.expected_gpus == 8
+    with pytest.raises(ConfigError, match="needs all of --coordinator_address"):
+        parallel.plan(None, 2, 0, environ={})
+    with pytest.raises(ConfigError, match=r"process id 2 is not in 0..1"):
+        parallel.plan("h:1", 2, 2, environ={})
+    with pytest.raises(ConfigError, match="JAX_LOCAL_DEVICE_IDS='a,b' is not a list"):
+        parallel.plan("h:1", 2, 0, environ={"JAX_LOCAL_DEVICE_IDS": "a,b"})
+
+
+def test_no_launcher_is_a_single_process():
+    assert parallel.plan(environ={}, gpus=8) == parallel.Launch("single")
+
+
+def test_visible_gpus_from_cuda_visible_devices():
+    assert parallel.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == 2
+    assert parallel.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == 0
+
+
+def test_gpu_flags_are_added_unless_the_user_set_them(monkeypatch):
+    cache_dirs = []
+    monkeypatch.setattr(parallel.jax.config, "update",
+                        lambda name, value: cache_dirs.append((name, value)))
+    env = {"CUDA_VISIBLE_DEVICES": "0,1", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    parallel.configure_runtime(environ=env)
+    assert env["XLA_FLAGS"] == ("--xla_dump_to=/tmp/x "
+                                "--xla_gpu_enable_latency_hiding_scheduler=true")
+    assert cache_dirs and cache_dirs[0][0] == "jax_compilation_cache_dir"
+    env = {"CUDA_VISIBLE_DEVICES": "0", "JAX_COMPILATION_CACHE_DIR": "/elsewhere",
+           "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=false"}
+    parallel.configure_runtime(deterministic=True, environ=env)
+    assert env["XLA_FLAGS"] == ("--xla_gpu_enable_latency_hiding_scheduler=false "
+                                "--xla_gpu_deterministic_ops=true")
+    assert len(cache_dirs) == 1  # the user's cache folder stands
+    env = {"CUDA_VISIBLE_DEVICES": "", "JAX_COMPILATION_CACHE_DIR": "/elsewhere"}
+    parallel.configure_runtime(environ=env)  # no GPU: no GPU flags
+    assert "XLA_FLAGS" not in env
+
+
+def test_this_jaxlib_knows_every_flag_set_for_gpus():
+    """XLA aborts on an unknown flag, and its CPU build parses the GPU ones too."""
+    flags = [*(f"{k}={v}" for k, v in parallel.GPU_XLA_FLAGS.items()),
+             "--xla_gpu_deterministic_ops=true"]
+    result = run([sys.executable, "-c", "import jax; jax.numpy.ones(2).block_until_ready()"],
+                 XLA_FLAGS=" ".join(flags))
+    assert result.returncode == 0, result.output
