@@ -383,6 +383,20 @@ def _torch_version() -> str | None:
     return torch.__version__
 
 
+def torch_device_mismatch(jax_platform: str) -> str | None:
+    """Why the PyTorch reference would run on another kind of device than JAX, or None."""
+    import torch
+
+    torch_platform = "gpu" if torch.cuda.is_available() else "cpu"
+    if torch_platform == jax_platform:
+        return None
+    built_for = f"CUDA {torch.version.cuda}" if torch.version.cuda else "the CPU only"
+    return (f"JAX runs on the {jax_platform.upper()} but PyTorch {torch.__version__} (built for "
+            f"{built_for}) would run on the {torch_platform.upper()}, and the ratio would "
+            "compare the two: install a PyTorch built for this machine's CUDA (e.g. pip install "
+            "torch --index-url https://download.pytorch.org/whl/cu126), or pass --no-torch")
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -463,6 +477,8 @@ def main() -> None:
     if args.torch and torch_version is None:
         parser.error("--torch: torch does not import; install it or pass --no-torch")
     run_torch = torch_version is not None if args.torch is None else args.torch
+    if run_torch and (mismatch := torch_device_mismatch(jax.default_backend())):
+        parser.exit(2, f"error: {mismatch}\n")
     if args.steps < 1 or args.warmup_steps < 0:
         parser.error("--steps must be at least 1 and --warmup-steps at least 0")
 
