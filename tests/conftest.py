@@ -74,11 +74,12 @@ def run_main(workdir, data_root, *overrides, devices: int = 2, **options):
     return run(main_command(workdir, data_root, *overrides, **options), devices=devices)
 
 
-def start(command: list[str], *, devices: int = 2, **env) -> subprocess.Popen:
-    """Starts a command with its output (stdout and stderr together) on a pipe."""
+def start(command: list[str], *, devices: int = 2, stderr=subprocess.STDOUT,
+          **env) -> subprocess.Popen:
+    """Starts a command with its output on a pipe (stderr joins stdout unless given)."""
     return subprocess.Popen(command, cwd=ROOT, env=command_env(devices, **env),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=stderr, text=True)
 
 
 def error_line(result) -> str:

@@ -157,7 +157,16 @@ def test_converted_weights_evaluate_classify_and_fine_tune(tmp_path, data_root):
     assert all(line.startswith("  0.") and "class_" in line for line in lines[1:4] + lines[5:])
 
     # Fine-tuning a 5-class model on the 3-class tree: all but the classifier carry over.
-    five = _convert_tiny_torch_model(tmp_path, 5, "five")
+    # (Converted in this process: the command line was run above.)
+    from resnet_jax import convert
+    from resnet_jax.torch import convert as torch_convert
+    from resnet_jax.torch import reference as ref
+
+    five = str(tmp_path / "five")
+    model = ref.randomized(ref.ResNet("resnet_tiny", "torchvision", 5), seed=3)
+    convert.write_checkpoint(five, "resnet_tiny",
+                             torch_convert.torch_to_flax("resnet_tiny", model.state_dict()),
+                             source="test")
     result, output = _run(str(tmp_path / "finetune"), data_root, *sizes,
                           f"--config.init_checkpoint={five}", "--config.num_epochs=1",
                           "--config.warmup_epochs=0")

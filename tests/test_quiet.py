@@ -7,9 +7,10 @@ user's environment may.
 
 import logging
 import os
+import subprocess
 import sys
 
-from conftest import ROOT, run
+from conftest import ROOT, run, start
 import pytest
 
 from resnet_jax import quiet
@@ -26,9 +27,23 @@ COMMANDS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def help_outputs():
+    """Every command's --help, run at once (their start-up is most of the time)."""
+    processes = [start([sys.executable, *command, "--help"], stderr=subprocess.PIPE)
+                 for command in COMMANDS]
+    results = {}
+    for command, process in zip(COMMANDS, processes, strict=True):
+        stdout, stderr = process.communicate(timeout=300)
+        results[command[-1]] = (process.returncode, stdout, stderr)
+    return results
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[-1].rsplit("/", 1)[-1])
-def test_help_prints_its_usage_and_nothing_else(command):
-    result = run([sys.executable, *command, "--help"])
+def test_help_prints_its_usage_and_nothing_else(command, help_outputs):
+    code, stdout, stderr = help_outputs[command[-1]]
+    result = subprocess.CompletedProcess(command, code, stdout, stderr)
+    result.output = stdout + stderr
     # absl's --help (resnet_jax.main) exits 1 after printing the usage; argparse's exits 0.
     assert result.returncode == (1 if command[-1] == "resnet_jax.main" else 0), result.output
     assert result.stderr == "", result.output
