@@ -284,3 +284,25 @@ def test_dali_threads_follow_the_cores_the_process_may_use(monkeypatch):
     assert source.num_threads(config, pipelines=16) == 1
     config.data.num_threads = 5
     assert source.num_threads(config, pipelines=16) == 5
+
+
+def test_gpu_pipelines_are_well_formed(monkeypatch):
+    """The dali_gpu graphs (mixed decoders and their hints) are defined here without a GPU.
+
+    DALI checks every operator argument when a pipeline is defined, and
+    only building it needs the GPU, so a misnamed or removed argument of the
+    GPU path fails here rather than on the first GPU machine.
+    """
+    files, labels = ["a.JPEG", "b.JPEG"], [0, 1]
+    common = dict(image_size=32, dtype=dali._dali_dtype(np.float16), on_gpu=True,
+                  batch_size=2, num_threads=1, device_id=0)
+
+    def define_both():
+        dali._train_pipeline(files, labels, shard_id=0, num_shards=1, seed=1, **common)
+        dali._eval_pipeline(files, labels, resize_size=36, **common)
+
+    define_both()
+    # The same definitions with an argument DALI does not know fail at once.
+    monkeypatch.setitem(dali._MIXED_DECODER, "preallocate_width_hnt", 1)
+    with pytest.raises(KeyError, match="preallocate_width_hnt"):
+        define_both()

@@ -36,10 +36,12 @@ BACKENDS = tuple(b for b in ALL_BACKENDS if b.startswith("dali_"))
 MEAN = tuple(255.0 * m for m in (0.485, 0.456, 0.406))
 STD = tuple(255.0 * s for s in (0.229, 0.224, 0.225))
 
-# NVIDIA's values for the mixed decoder: buffers big enough for ImageNet's
-# largest JPEGs, so that nvJPEG does not reallocate during the first epoch.
-_DEVICE_MEMORY_PADDING = 211025920
-_HOST_MEMORY_PADDING = 140544512
+# NVIDIA's values for the mixed decoder (DALI's ResNet50 examples): buffers big
+# enough for ImageNet's largest JPEGs, so that nvJPEG does not reallocate during
+# the first epoch, and the hardware JPEG decoder of A100/H100 (NVJPG) sized
+# ahead for the largest image (5980 x 6430). Only the 'mixed' decoder takes them.
+_MIXED_DECODER = dict(device_memory_padding=211025920, host_memory_padding=140544512,
+                      preallocate_width_hint=5980, preallocate_height_hint=6430)
 
 READER = "Reader"  # the name by which DALI iterators find the file reader
 
@@ -106,9 +108,7 @@ def _train_pipeline(files, labels, *, shard_id, num_shards, image_size, dtype, o
         num_shards=num_shards, name=READER)
     if on_gpu:
         images = fn.decoders.image_random_crop(
-            jpegs, device="mixed", output_type=types.RGB,
-            device_memory_padding=_DEVICE_MEMORY_PADDING,
-            host_memory_padding=_HOST_MEMORY_PADDING,
+            jpegs, device="mixed", output_type=types.RGB, **_MIXED_DECODER,
             random_area=[0.08, 1.0], random_aspect_ratio=[0.75, 4.0 / 3.0], num_attempts=100)
     else:
         images = fn.decoders.image_random_crop(
@@ -128,7 +128,7 @@ def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu):
     jpegs, labels = fn.readers.file(files=files, labels=labels, random_shuffle=False,
                                     pad_last_batch=True, name=READER)
     images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu",
-                               output_type=types.RGB)
+                               output_type=types.RGB, **(_MIXED_DECODER if on_gpu else {}))
     images = fn.resize(images, resize_shorter=resize_size, interp_type=types.INTERP_LINEAR,
                        antialias=True)
     images = fn.crop_mirror_normalize(
