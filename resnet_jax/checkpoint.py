@@ -104,15 +104,9 @@ class Checkpointer:
         self._manager.close()
 
 
-def resolve(path: str) -> tuple[str, int]:
-    """(checkpoints directory, step) for a workdir, a checkpoints folder or one step folder.
-
-    For a workdir or checkpoints folder, the step is the latest complete one.
-    """
-    return _resolve(path)[:2]
-
-
 def _resolve(path: str):
+    """(checkpoints directory, step, read-only manager) for a workdir, a checkpoints folder or
+    one step folder; for a workdir or checkpoints folder, the step is the latest complete one."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise ConfigError(
@@ -138,7 +132,7 @@ def _resolve(path: str):
 class Saved:
     """One complete checkpoint, opened read-only once: its step, metadata and model.
 
-    `path` is a workdir, its checkpoints folder, or one step folder (see `resolve`).
+    `path` is a workdir, its checkpoints folder, or one step folder (its step).
     """
 
     def __init__(self, path: str):

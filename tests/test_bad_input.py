@@ -234,10 +234,10 @@ def test_missing_checkpoint_names_the_path(tmp_path):
     tmp = re.escape(str(tmp_path))
     with pytest.raises(ConfigError, match=rf"checkpoint '{tmp}/nope' does not exist: pass "
                                           r"--workdir of a training run or --config.checkpoint"):
-        checkpoint.resolve(str(tmp_path / "nope"))
+        checkpoint.Saved(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"holds no complete checkpoint: train first"):
-        checkpoint.resolve(str(tmp_path / "empty"))
+        checkpoint.Saved(str(tmp_path / "empty"))
     config = _config(str(tmp_path), mode="eval", checkpoint=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match=r"checkpoint '.*/nope' does not exist") as error:
         loop.evaluate_checkpoint(config, None)

@@ -69,9 +69,9 @@ def test_restore_model_for_eval_from_step_folder_on_other_device_count(tmp_path)
 
 def test_missing_or_empty_checkpoint_path_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"checkpoint '.*nowhere' does not exist"):
-        checkpoint.resolve(str(tmp_path / "nowhere"))
+        checkpoint.Saved(str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="holds no complete checkpoint"):
-        checkpoint.resolve(str(tmp_path))
+        checkpoint.Saved(str(tmp_path))
 
 
 def test_training_state_moves_between_device_counts_8_then_1_then_4(tmp_path):
