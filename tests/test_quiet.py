@@ -23,6 +23,7 @@ COMMANDS = [
     ["-m", "resnet_jax.data.prepare_imagenet"],
     [os.path.join(ROOT, "scripts", "benchmark.py")],
     [os.path.join(ROOT, "scripts", "benchmark_data.py")],
+    [os.path.join(ROOT, "scripts", "benchmark_epoch.py")],
     [os.path.join(ROOT, "scripts", "flops.py")],
 ]
 
