@@ -7,11 +7,13 @@ Command (all local GPUs, ImageNet in DIR/train/<class>/*.JPEG and DIR/val/...):
 
 Presets: `configs/se_resnext101_32x4d.py:90` (default), `:250` (mixup 0.2).
 
-Recipe (NVIDIA's DGX-A100 settings): batch 128 per GPU (1,024 on 8 GPUs);
-learning rate 0.256 per 256 images, scaled linearly (1.024 on 8 GPUs); SGD
-momentum 0.875; weight decay 6.103515625e-05 (1/16384) on conv/dense kernels;
-label smoothing 0.1; 8 warmup epochs then cosine decay to zero;
-random-resized-crop 224 + flip; eval resize 256, center crop 224.
+Recipe: ResNeXt101-32x4d's (configs/resnext101_32x4d.py), value for value, as
+NVIDIA trains both; only the network differs. NVIDIA's DGX-A100 settings:
+batch 128 per GPU (1,024 on 8 GPUs); learning rate 0.256 per 256 images,
+scaled linearly (1.024 on 8 GPUs); SGD momentum 0.875; weight decay
+6.103515625e-05 (1/16384) on conv/dense kernels; label smoothing 0.1; 8
+warmup epochs then cosine decay to zero; random-resized-crop 224 + flip; eval
+resize 256, center crop 224.
 
 Model: ResNeXt101-32x4d with a squeeze-and-excitation gate in every block
 (global average pool, 1x1 conv to channels/16, ReLU, 1x1 conv back, sigmoid),
@@ -30,36 +32,6 @@ from resnet_jax import config as config_lib
 
 def get_config(preset: str | None = None):
     """The recipe; `preset` is the epoch count: '90' or '250'."""
-    config = config_lib.defaults()
-
-    # --- model ---------------------------------------------------------------------------
+    config = config_lib.recipe("resnext101_32x4d")  # the same recipe, another network
     config.arch = "se_resnext101_32x4d"
-    config.num_classes = 1000
-    config.model.conv_init = "fan_out"  # Kaiming-normal, fan-out
-    config.model.zero_init_last_bn = True  # gamma 0 on each block's last BN
-    config.model.bn_momentum = 0.9
-    config.model.bn_epsilon = 1e-5
-
-    # --- batch and optimizer -------------------------------------------------------------
-    config.per_device_batch_size = 128
-    config.base_learning_rate = 0.256  # per 256 images, scaled linearly with the batch
-    config.momentum = 0.875
-    config.nesterov = False
-    config.weight_decay = 6.103515625e-05  # 1/16384, on conv and dense kernels
-
-    # --- schedule: warmup, then cosine decay to zero, per step ------------------------------
-    config.num_epochs = 90
-    config.warmup_epochs = 8
-
-    # --- loss ----------------------------------------------------------------------------
-    config.label_smoothing = 0.1
-    config.mixup_alpha = 0.0
-
-    # --- images: random-resized crop + flip; eval resize, center crop -----------------------
-    config.image_size = 224
-    config.eval_resize_size = 256
-    config.eval_image_size = 224
-
-    # --- numerics ------------------------------------------------------------------------
-    config.precision = "bf16"
     return config_lib.apply_epoch_preset(config, preset, ("90", "250"), "se_resnext101_32x4d")
