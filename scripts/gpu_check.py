@@ -1,6 +1,6 @@
 """The first checks on a GPU machine, with one markdown report: python scripts/gpu_check.py [--cpu]
 
-  python scripts/gpu_check.py [--out DIR] [--steps N] [--cpu]
+  python scripts/gpu_check.py [--out DIR] [--epochs N] [--precisions bf16,fp16] [--cpu]
 
 1. Devices: what JAX, the NVIDIA driver and DALI see.
 2. Training through the real path (`python -m resnet_jax.main`, DALI on the
