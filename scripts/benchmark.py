@@ -201,7 +201,7 @@ def bench_jax(args, arch: str, precision_name: str, batch: int, data: str, mode:
     # The trainer's set-up, without a workdir (nothing read or written) and without val/.
     run = loop.setup_train_loop(config, None, with_eval=False)
     mesh, global_batch = run.mesh, run.train_batch
-    batches = run.data.train(config.seed)
+    batches = run.data.train(0)
     if mode == "train":
         box = {"state": run.state}
 
@@ -273,8 +273,6 @@ def _torch_batches(args, config, batch: int, data: str, device, on_gpu: bool):
         labels = torch.randint(0, config.num_classes, (batch,), device=device)
         while True:
             yield images, labels
-    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-
     from resnet_jax.data import dali, folders
 
     pipe = dali.single_train_pipeline(
@@ -284,12 +282,10 @@ def _torch_batches(args, config, batch: int, data: str, device, on_gpu: bool):
     if on_gpu:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name=dali.READER,
-                                       auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
-        while True:
-            for (out,) in iterator:
-                # NHWC viewed as NCHW is channels_last: no copy.
-                yield out["images"].permute(0, 3, 1, 2), out["labels"].long()
+        # The pipeline's stream is endless: one iterator, never reset.
+        for (out,) in DALIGenericIterator([pipe], ["images", "labels"]):
+            # NHWC viewed as NCHW is channels_last: no copy.
+            yield out["images"].permute(0, 3, 1, 2), out["labels"].long()
     while True:
         images, labels = pipe.run()
         images = torch.from_numpy(images.as_array()).permute(0, 3, 1, 2).contiguous()

@@ -8,7 +8,7 @@ drawn into a temporary folder) and deliver float32 NHWC batches: JPEG decode,
 random-resized crop (area 0.08-1, aspect 3/4-4/3), bilinear resize to
 image_size, random horizontal flip, ImageNet mean/std normalization.
 
-* dali pipeline: resnet_jax's training pipeline (`dali._train_pipeline`,
+* dali pipeline: resnet_jax's training pipeline (`dali.single_train_pipeline`,
   dali_cpu) with num_threads=T, run directly; each batch copied out as numpy.
 * dali iterator: the trainer's `dali.train_iterator` (dali_cpu, a 1-device
   mesh), which adds the copy into a jax.Array.
@@ -154,15 +154,10 @@ def bench_pil(files, *, threads: int, batch: int, size: int, batches: int) -> di
 def bench_dali_pipeline(split, *, threads: int, batch: int, size: int, batches: int,
                         warmup: int) -> dict:
     """Steady-state img/s of resnet_jax's DALI training pipeline on the CPU, run directly."""
-    from nvidia.dali import types
-
     from resnet_jax.data import dali
 
-    pipe = dali._train_pipeline(
-        split.files, split.labels.tolist(), shard_id=0, num_shards=1, image_size=size,
-        dtype=types.FLOAT, on_gpu=False, batch_size=batch, device_id=None, seed=0,
-        num_threads=threads)
-    pipe.build()
+    pipe = dali.single_train_pipeline(split, batch_size=batch, image_size=size,
+                                      image_dtype=np.float32, on_gpu=False, num_threads=threads)
     for _ in range(warmup):
         dali._run_cpu(pipe)
     start = time.perf_counter()

@@ -1,16 +1,21 @@
-"""The pause between two training epochs: the next epoch's DALI iterator and its first batch.
+"""The pause between two training epochs, and before the first step of a (resumed) run.
 
   python scripts/benchmark_epoch.py [--paths 1281167] [--batch-size 256] [--image-size 224]
       [--epochs 3] [--resume-at 0] [--json FILE]
 
-The training loop starts every epoch with a new `dali.train_iterator` (the
-epoch's file order and augmentation seed), as `loop._epoch_batches` does, so
-the devices wait while it is built and its first batch decoded. This script
-times exactly that call and that batch, over a file list of --paths entries
-that repeat a small generated JPEG tree (ImageNet's 1,281,167 by default:
-the cost of building DALI's file reader grows with the list, not with the
-bytes). With --resume-at K it also times what a run resumed at step K of an
-epoch does before its first step: the same, plus the K batches it skips.
+The training loop builds its DALI pipelines once per run (`dali.train_iterator`
+at the run's first step) and they carry on across epochs. This script times,
+over a file list of --paths entries that repeat a small generated JPEG tree
+(ImageNet's 1,281,167 by default: the per-epoch cost grows with the list,
+not with the bytes):
+
+* start: building the iterator at step 0 and getting its first batch;
+* epoch e -> e+1: the wait for the first batch of epoch e+1 after the last
+  batch of epoch e was taken, next to the median wait for a batch within
+  the epoch (the run starts a few batches before the epoch end, so no epoch
+  is decoded in full);
+* resume at step K (--resume-at): building the iterator at step K of an
+  epoch and getting its first batch, which skips the K batches unread.
 
 The backend is dali_gpu on GPUs (one pipeline per local GPU), else dali_cpu.
 """
@@ -34,7 +39,6 @@ from resnet_jax import parallel, quiet
 from resnet_jax.data import dali, demo
 from resnet_jax.data.folders import Split, scan_split
 from resnet_jax.data.source import num_threads
-from resnet_jax.train.loop import epoch_seed
 
 
 def _split(root: str, paths: int) -> Split:
@@ -45,18 +49,29 @@ def _split(root: str, paths: int) -> Split:
                  class_names=base.class_names)
 
 
-def _epoch_start(split, args, mesh, backend, threads, epoch, skip):
-    """Seconds to build the epoch's iterator, and to get its first batch after `skip` ones."""
+def _iterator(split, args, mesh, backend, threads, start):
+    return dali.train_iterator(split, global_batch_size=args.batch_size,
+                               image_size=args.image_size, image_dtype=np.float32, mesh=mesh,
+                               seed=0, backend=backend, num_threads=threads, start=start)
+
+
+def _start(split, args, mesh, backend, threads, step):
+    """Seconds to build the iterator at batch `step`, and to get its first batch."""
     start = time.perf_counter()
-    batches = dali.train_iterator(split, global_batch_size=args.batch_size,
-                                  image_size=args.image_size, image_dtype=np.float32, mesh=mesh,
-                                  seed=epoch_seed(0, epoch), backend=backend,
-                                  num_threads=threads)
+    batches = _iterator(split, args, mesh, backend, threads, step)
     built = time.perf_counter()
-    for _ in range(skip):
-        next(batches)
     jax.block_until_ready(next(batches))
     return built - start, time.perf_counter() - built
+
+
+def _waits(batches, count):
+    """Seconds waited for each of the next `count` batches."""
+    waits = []
+    for _ in range(count):
+        start = time.perf_counter()
+        jax.block_until_ready(next(batches))
+        waits.append(time.perf_counter() - start)
+    return waits
 
 
 def main() -> None:
@@ -69,7 +84,8 @@ def main() -> None:
                         help="global batch (default: 256 per GPU, 32 per CPU device)")
     parser.add_argument("--image-size", type=int, default=0,
                         help="crop size (default: 224 on GPUs, 64 otherwise)")
-    parser.add_argument("--epochs", type=int, default=3, help="epoch starts timed")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs run into (epochs - 1 epoch ends timed)")
     parser.add_argument("--resume-at", type=int, default=0, metavar="K",
                         help="also time a resume at step K of an epoch")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -88,31 +104,45 @@ def main() -> None:
             os.path.join(tmp, "data"), num_classes=4, train_per_class=16, val_per_class=1,
             image_size=max(96, args.image_size), seed=0)
         split = _split(root, args.paths)
-        rows = []
-        for epoch in range(args.epochs):
-            build, first = _epoch_start(split, args, mesh, backend, threads, epoch, 0)
-            rows.append({"what": f"epoch {epoch} start", "build_s": build, "first_batch_s": first})
+        per_epoch = config_lib.steps_per_epoch(len(split), args.batch_size)
+        build, first = _start(split, args, mesh, backend, threads, 0)
+        rows = [{"what": "start (step 0)", "build_s": build, "first_batch_s": first}]
+        # From a few batches before the end of epoch 0 into epoch args.epochs - 1.
+        around = 8
+        batches = _iterator(split, args, mesh, backend, threads, per_epoch - around)
+        _waits(batches, 1)  # the first batch: the iterator's start, timed above
+        for epoch in range(1, args.epochs):
+            before = _waits(batches, around - 1)  # the last batches of epoch - 1
+            boundary, after = _waits(batches, 1)[0], _waits(batches, around)
+            rows.append({"what": f"epoch {epoch - 1} -> {epoch}", "first_batch_s": boundary,
+                         "steady_batch_s": statistics.median(before + after)})
+            if epoch + 1 < args.epochs:  # on to just before the next epoch end, unread
+                batches = _iterator(split, args, mesh, backend, threads,
+                                    (epoch + 1) * per_epoch - around)
+                _waits(batches, 1)
+        del batches
         if args.resume_at:
-            build, first = _epoch_start(split, args, mesh, backend, threads, 0, args.resume_at)
+            build, first = _start(split, args, mesh, backend, threads, args.resume_at)
             rows.append({"what": f"resume at step {args.resume_at}", "build_s": build,
                          "first_batch_s": first})
 
     print(f"{jax.devices()[0].device_kind} x{mesh.size} ({backend}, "
           f"{pipelines} pipeline(s), {threads} threads each); {args.paths:,} paths, global "
-          f"batch {args.batch_size}, {args.image_size} px")
-    print(f"{'what':24} {'build s':>8} {'1st batch s':>11} {'total s':>8}")
+          f"batch {args.batch_size}, {args.image_size} px, {per_epoch} steps/epoch")
+    print(f"{'what':24} {'build s':>8} {'1st batch s':>11} {'steady batch s':>14}")
     for row in rows:
-        row["total_s"] = row["build_s"] + row["first_batch_s"]
-        print(f"{row['what']:24} {row['build_s']:8.2f} {row['first_batch_s']:11.2f} "
-              f"{row['total_s']:8.2f}")
-    epochs = [r["total_s"] for r in rows if r["what"].startswith("epoch")]
-    print(f"median epoch start: {statistics.median(epochs):.2f} s")
+        build = f"{row['build_s']:8.2f}" if "build_s" in row else f"{'-':>8}"
+        steady = f"{row['steady_batch_s']:14.3f}" if "steady_batch_s" in row else f"{'-':>14}"
+        print(f"{row['what']:24} {build} {row['first_batch_s']:11.3f} {steady}")
+    boundaries = [r["first_batch_s"] for r in rows if "->" in r["what"]]
+    if boundaries:
+        print(f"longest wait at an epoch end: {max(boundaries):.3f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"paths": args.paths, "backend": backend, "devices": mesh.size,
                        "pipelines": pipelines, "threads": threads,
                        "global_batch": args.batch_size, "image_size": args.image_size,
-                       "rows": rows}, f, indent=1)
+                       "steps_per_epoch": per_epoch, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,104 @@ def test_train_iterator_errors(root):
                             mesh=mesh_of(1), seed=0, backend="dali_tpu", num_threads=1)
 
 
+def numbered(split):
+    """`split` with label i for image i: the labels of a batch say which images it holds."""
+    return Split(files=split.files, labels=np.arange(len(split), dtype=np.int32),
+                 class_names=[str(i) for i in range(len(split))])
+
+
+def test_train_pipelines_are_built_once_and_each_epoch_is_a_new_order(root, monkeypatch):
+    split = numbered(scan_split(root, "train"))  # 21 images: 2 steps of 8 per epoch
+    built = []
+    define = dali._train_pipeline
+    monkeypatch.setattr(dali, "_train_pipeline", lambda *a, **k: built.append(1) or define(*a, **k))
+    steps = config_lib.steps_per_epoch(len(split), 8)
+    stream = train(split, mesh_of(8))
+    epochs = [np.concatenate([np.asarray(next(stream)["labels"]) for _ in range(steps)])
+              for _ in range(3)]
+    assert len(built) == 1  # one dali_cpu pipeline for this process, for all three epochs
+    per_device = dali._train_stream(split, global_batch_size=8, image_size=32,
+                                    dtype=dali._dali_dtype(np.float32), mesh=mesh_of(8), seed=0,
+                                    start=0, num_threads=1, per_device=True, on_gpu=False)
+    for _ in range(3 * steps + 1):
+        next(per_device)
+    assert len(built) == 1 + 8  # and one per device, as dali_gpu builds them
+    order = dali.TrainOrder(split, global_batch_size=8, seed=0)
+    for epoch, labels in enumerate(epochs):
+        assert len(set(labels.tolist())) == 16  # no image twice within an epoch
+        np.testing.assert_array_equal(labels, order.permutation(epoch)[:16])
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert not np.array_equal(epochs[1], epochs[2])
+
+
+def test_train_batches_depend_on_seed_and_index_alone(root):
+    """Per device (as on GPUs) or per process, 8 devices or 1, from batch 0 or resumed at
+    batch 3 (in the second epoch): batch g is the same, pixel for pixel."""
+    split = numbered(scan_split(root, "train"))
+    common = dict(global_batch_size=8, image_size=32, dtype=dali._dali_dtype(np.float32),
+                  seed=5, num_threads=1, on_gpu=False)
+
+    def batches(mesh, *, per_device, start, count):
+        stream = dali._train_stream(split, mesh=mesh, per_device=per_device, start=start,
+                                    **common)
+        return [jax.device_get(next(stream)) for _ in range(count)]
+
+    reference = batches(mesh_of(8), per_device=False, start=0, count=5)
+    per_device = batches(mesh_of(8), per_device=True, start=0, count=5)
+    one_device = batches(mesh_of(1), per_device=False, start=0, count=5)
+    resumed = batches(mesh_of(8), per_device=True, start=3, count=2)
+    for other in per_device, one_device, resumed:
+        for a, b in zip(reference[-len(other):], other, strict=True):
+            np.testing.assert_array_equal(a["labels"], b["labels"])
+            np.testing.assert_array_equal(a["images"], b["images"])
+    shards = batches(mesh_of(8), per_device=True, start=0, count=1)[0]
+    assert shards["images"].shape == (8, 32, 32, 3)
+
+
+def reference_crop(height, width, area, log_ratio, x, y):
+    """NVIDIA's random-resized crop window, written out per draw: (w, h, x, y)."""
+    for s, r in zip(area, np.exp(log_ratio), strict=True):
+        w = int(np.floor(np.sqrt(s * height * width * r) + 0.5))
+        h = int(np.floor(np.sqrt(s * height * width / r) + 0.5))
+        if 0 < w <= width and 0 < h <= height:
+            return w, h, x, y
+    side = min(width, round(height * 4 / 3)), min(height, round(width * 4 / 3))
+    return side[0], side[1], 0.5, 0.5
+
+
+def test_crop_window_is_the_first_draw_that_fits():
+    from nvidia.dali import fn, pipeline_def, types
+
+    k = dali.ATTEMPTS
+    rng = np.random.default_rng(0)
+    shapes = np.array([[480, 640, 3], [100, 100, 3], [50, 2000, 3], [3000, 40, 3],
+                       [375, 500, 3], [7, 9, 3]], np.float32)
+    n = len(shapes)
+    area = rng.uniform(*dali.AREA, (n, k)).astype(np.float32)
+    log_ratio = rng.uniform(*np.log(dali.ASPECT), (n, k)).astype(np.float32)
+    area[1, :3] = 1.0  # the first draws of the square image do not fit...
+    log_ratio[1, :3] = 0.2
+    area[1, 3], log_ratio[1, 3] = 0.5, 0.1  # ...the fourth does
+    x, y = rng.uniform(size=(2, n)).astype(np.float32)
+
+    @pipeline_def(batch_size=n, num_threads=1, device_id=None)
+    def windows():
+        inputs = [fn.external_source(source=[v], batch=True, dtype=types.FLOAT)
+                  for v in (shapes, area, log_ratio, x, y)]
+        return dali.crop_window(*inputs)
+
+    pipe = windows()
+    pipe.build()
+    got = np.stack([np.concatenate([np.asarray(t).ravel() for t in out]) for out in pipe.run()],
+                   axis=1)
+    for i, (h, w, _) in enumerate(shapes):
+        expected = reference_crop(h, w, area[i], log_ratio[i], x[i], y[i])
+        np.testing.assert_allclose(got[i], expected, rtol=1e-6, err_msg=str(shapes[i]))
+    assert tuple(got[1, :2]) == reference_crop(100, 100, area[1, 3:], log_ratio[1, 3:], 0, 0)[:2]
+    # The two elongated images cannot hold a window in range: centered fallback windows.
+    assert tuple(got[2]) == (67, 50, 0.5, 0.5) and tuple(got[3]) == (40, 53, 0.5, 0.5)
+
+
 @pytest.mark.parametrize("num_devices", [8, 1])
 def test_eval_iterator_counts_each_image_once(root, num_devices):
     split = scan_split(root, "val")  # 15 images: not a multiple of the batch of 8
@@ -294,11 +392,13 @@ def test_gpu_pipelines_are_well_formed(monkeypatch):
     GPU path fails here rather than on the first GPU machine.
     """
     files, labels = ["a.JPEG", "b.JPEG"], [0, 1]
+    order = dali.TrainOrder(Split(files=files, labels=np.array(labels, np.int32),
+                                  class_names=["a", "b"]), global_batch_size=2, seed=1)
     common = dict(image_size=32, dtype=dali._dali_dtype(np.float16), on_gpu=True,
                   batch_size=2, num_threads=1, device_id=0)
 
     def define_both():
-        dali._train_pipeline(files, labels, shard_id=0, num_shards=1, seed=1, **common)
+        dali._train_pipeline(dali._ShardFeed(order, shard=0, num_shards=1, start=0), **common)
         dali._eval_pipeline(files, labels, resize_size=36, **common)
 
     define_both()

@@ -3,11 +3,14 @@
 Two back-ends:
 
 * 'dali_gpu': one DALI pipeline per local GPU (decoding on the GPU with the
-  'mixed' decoder), gathered into global arrays by DALI's JAX iterator, as in
-  the DALI JAX plugin's documentation.
+  'mixed' decoder), its output an array on that GPU; the shards make one
+  global array (`jax.make_array_from_single_device_arrays`).
 * 'dali_cpu': one CPU pipeline per process; its batch is split over the
-  process's devices by `jax.make_array_from_process_local_data`. DALI's JAX
-  iterator cannot shard CPU pipelines, so this path runs the pipeline itself.
+  process's devices by `jax.make_array_from_process_local_data`.
+
+Training pipelines are built once per run and fed by Python (`TrainOrder`):
+which files, crop windows and flips each batch gets, drawn from the seed and
+the batch's index, so that a resumed run reads on from its step.
 
 Batches are dicts of jax.Arrays whose leading (batch) axis is sharded over the
 mesh axis 'data': 'images' (B, size, size, 3), normalized, and 'labels' int32
@@ -21,6 +24,7 @@ import jax
 from jax.sharding import Mesh
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
+import nvidia.dali.math as dmath
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.jax import DALIGenericIterator
 
@@ -90,36 +94,142 @@ def _local_devices(mesh: Mesh):
     return [(i, d) for i, d in enumerate(mesh.devices.flat) if d.process_index == here]
 
 
-def _pipeline_seed(seed: int, shard: int) -> int:
-    """DALI's seed for one shard's pipeline: distinct per shard, within int32."""
-    return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0] % (2**31 - 1))
-
-
 def _labels_out(labels, on_gpu: bool):
     # The reader gives each label as a 1-element tensor; the model wants a scalar per image.
     labels = fn.squeeze(labels, axes=[0])
     return labels.gpu() if on_gpu else labels
 
 
+# NVIDIA's random-resized crop (the arguments of DALI's image_random_crop in NVIDIA's
+# pipelines): a window of U(8%, 100%) of the image's area and an aspect ratio drawn
+# log-uniformly from [3/4, 4/3], placed uniformly; up to 100 draws for one that fits, else
+# the whole image, cut to the nearest aspect ratio in range and centered.
+AREA = (0.08, 1.0)
+ASPECT = (3.0 / 4.0, 4.0 / 3.0)
+ATTEMPTS = 100
+
+
+class TrainOrder:
+    """What each row of each training batch is: image, crop draws and flip, from the seed alone.
+
+    Batch g (counted from the start of training, 0-based) is step j = g mod S
+    of epoch e = g // S, S = steps_per_epoch: its B rows are entries
+    [j*B, (j+1)*B) of the epoch's permutation of the split, drawn from
+    (seed, e), and its random numbers are drawn from (seed, e, j). A pipeline
+    that feeds rows [r0, r1) of every batch starting at any g therefore gives
+    what it would have given at g in an uninterrupted run, and the global
+    batch is the same whatever the number of pipelines, devices or processes.
+    """
+
+    def __init__(self, split: Split, *, global_batch_size: int, seed: int):
+        self.split = split
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.steps_per_epoch = config_lib.steps_per_epoch(len(split), global_batch_size)
+        self._permutation = (None, None)
+        self._draws = {}  # batch index -> its random numbers, shared by the pipelines
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The order of the split's images in `epoch`: the same in every process."""
+        if self._permutation[0] != epoch:
+            rng = np.random.default_rng([self.seed, 0, epoch])
+            self._permutation = (epoch, rng.permutation(len(self.split)))
+        return self._permutation[1]
+
+    def draws(self, index: int) -> np.ndarray:
+        """Uniform [0, 1) float32 numbers for batch `index`: (B, 2*ATTEMPTS + 3)."""
+        if index not in self._draws:
+            if len(self._draws) >= 64:  # the pipelines of a process ask for a few batches
+                self._draws.pop(min(self._draws))
+            epoch, step = divmod(index, self.steps_per_epoch)
+            rng = np.random.default_rng([self.seed, 1, epoch, step])
+            self._draws[index] = rng.random((self.global_batch_size, 2 * ATTEMPTS + 3),
+                                            dtype=np.float32)
+        return self._draws[index]
+
+    def rows(self, index: int, start: int, stop: int) -> tuple:
+        """Rows [start, stop) of batch `index`, as the training pipeline's inputs.
+
+        (file names as UTF-8 bytes, labels, area fractions and log aspect
+        ratios (rows x ATTEMPTS), window positions x and y in [0, 1), flips).
+        """
+        epoch, step = divmod(index, self.steps_per_epoch)
+        first = step * self.global_batch_size
+        images = self.permutation(epoch)[first + start:first + stop]
+        u = self.draws(index)[start:stop]
+        low, high = np.log(np.float32(ASPECT[0])), np.log(np.float32(ASPECT[1]))
+        # DALI takes densely packed batches: each column block is copied out.
+        return ([np.frombuffer(self.split.files[i].encode(), np.uint8) for i in images],
+                self.split.labels[images].astype(np.int32),
+                AREA[0] + (AREA[1] - AREA[0]) * u[:, :ATTEMPTS],
+                low + (high - low) * u[:, ATTEMPTS:2 * ATTEMPTS],
+                u[:, 2 * ATTEMPTS].copy(), u[:, 2 * ATTEMPTS + 1].copy(),
+                (u[:, 2 * ATTEMPTS + 2] < 0.5).astype(np.int32))
+
+
+class _ShardFeed:
+    """The inputs of one pipeline: rows [shard*b, (shard+1)*b) of each batch, from batch `start`.
+
+    DALI calls it once per batch, in order (ahead of use when it prefetches).
+    """
+
+    def __init__(self, order: TrainOrder, *, shard: int, num_shards: int, start: int):
+        batch = _shard_batch(order.global_batch_size, num_shards, "pipelines")
+        self.order, self.rows, self.index = order, (shard * batch, (shard + 1) * batch), start
+
+    def __call__(self):
+        rows = self.order.rows(self.index, *self.rows)
+        self.index += 1
+        return rows
+
+
+_FEED_TYPES = [types.UINT8, types.INT32, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT,
+               types.INT32]
+
+
+def crop_window(shape, area, log_ratio, x, y):
+    """The random-resized crop window for images of `shape` (H, W, C), as DALI graph nodes.
+
+    `area` and `log_ratio` hold ATTEMPTS draws per image; the first draw whose
+    window fits the image wins, with the window's corner at (x, y) of the free
+    room; when none fits, the centered fallback (see AREA above). Returns
+    (width, height, x, y) for `fn.decoders.image_crop`.
+    """
+    height, width = shape[0], shape[1]
+    ratio = dmath.exp(log_ratio)
+    widths = dmath.floor(dmath.sqrt(area * height * width * ratio) + 0.5)
+    heights = dmath.floor(dmath.sqrt(area * height * width / ratio) + 0.5)
+    fits = (widths <= width) & (heights <= height) & (widths > 0) & (heights > 0)
+    # The first draw that fits has the highest rank; no draw fits when the best rank is 0.
+    rank = fits * types.Constant(np.arange(ATTEMPTS, 0, -1, dtype=np.float32))
+    best = fn.reductions.max(rank)
+    chosen = (rank == best) & fits
+    found = best > 0
+    fallback_w = dmath.min(width, dmath.floor(height * ASPECT[1] + 0.5))
+    fallback_h = dmath.min(height, dmath.floor(width * ASPECT[1] + 0.5))
+    return (found * fn.reductions.sum(chosen * widths) + (1 - found) * fallback_w,
+            found * fn.reductions.sum(chosen * heights) + (1 - found) * fallback_h,
+            found * x + (1 - found) * 0.5, found * y + (1 - found) * 0.5)
+
+
 @pipeline_def
-def _train_pipeline(files, labels, *, shard_id, num_shards, image_size, dtype, on_gpu):
-    jpegs, labels = fn.readers.file(
-        files=files, labels=labels, random_shuffle=False, shard_id=shard_id,
-        num_shards=num_shards, name=READER)
+def _train_pipeline(feed, *, image_size, dtype, on_gpu):
+    names, labels, area, log_ratio, x, y, flip = fn.external_source(
+        source=feed, num_outputs=len(_FEED_TYPES), batch=True, dtype=_FEED_TYPES)
+    jpegs = fn.io.file.read(names)
+    width, height, x, y = crop_window(fn.peek_image_shape(jpegs, dtype=types.FLOAT),
+                                      area, log_ratio, x, y)
+    window = dict(crop_w=width, crop_h=height, crop_pos_x=x, crop_pos_y=y)
     if on_gpu:
-        images = fn.decoders.image_random_crop(
-            jpegs, device="mixed", output_type=types.RGB, **_MIXED_DECODER,
-            random_area=[0.08, 1.0], random_aspect_ratio=[0.75, 4.0 / 3.0], num_attempts=100)
+        images = fn.decoders.image_crop(jpegs, device="mixed", output_type=types.RGB,
+                                        **_MIXED_DECODER, **window)
     else:
-        images = fn.decoders.image_random_crop(
-            jpegs, device="cpu", output_type=types.RGB,
-            random_area=[0.08, 1.0], random_aspect_ratio=[0.75, 4.0 / 3.0], num_attempts=100)
+        images = fn.decoders.image_crop(jpegs, device="cpu", output_type=types.RGB, **window)
     images = fn.resize(images, resize_x=image_size, resize_y=image_size,
                        interp_type=types.INTERP_LINEAR, antialias=False)
     images = fn.crop_mirror_normalize(
-        images, dtype=dtype, output_layout="HWC", mean=list(MEAN), std=list(STD),
-        mirror=fn.random.coin_flip(probability=0.5))
-    return images, _labels_out(labels, on_gpu)
+        images, dtype=dtype, output_layout="HWC", mean=list(MEAN), std=list(STD), mirror=flip)
+    return images, labels.gpu() if on_gpu else labels
 
 
 @pipeline_def
@@ -163,12 +273,13 @@ def preprocess_files(files: list[str], *, resize_size: int, image_size: int, ima
 
 def single_train_pipeline(split: Split, *, batch_size: int, image_size: int, image_dtype,
                           on_gpu: bool, num_threads: int, seed: int = 0):
-    """The training pipeline over all of `split` for one device, built (no sharding, files in
-    folder order): for another framework's loader, e.g. the benchmark's PyTorch reference."""
-    pipe = _train_pipeline(split.files, split.labels.tolist(), shard_id=0, num_shards=1,
-                           image_size=image_size, dtype=_dali_dtype(image_dtype), on_gpu=on_gpu,
-                           batch_size=batch_size, device_id=0 if on_gpu else None,
-                           seed=_pipeline_seed(seed, 0), num_threads=num_threads)
+    """The training pipeline over all of `split` for one device, built, endless: for another
+    framework's loader (the benchmark's PyTorch reference) or for timing it alone."""
+    feed = _ShardFeed(TrainOrder(split, global_batch_size=batch_size, seed=seed), shard=0,
+                      num_shards=1, start=0)
+    pipe = _train_pipeline(feed, image_size=image_size, dtype=_dali_dtype(image_dtype),
+                           on_gpu=on_gpu, batch_size=batch_size,
+                           device_id=0 if on_gpu else None, num_threads=num_threads)
     pipe.build()
     return pipe
 
@@ -180,64 +291,70 @@ def _run_cpu(pipe):
 
 
 def train_iterator(split: Split, *, global_batch_size: int, image_size: int, image_dtype,
-                   mesh: Mesh, seed: int, backend: str, num_threads: int) -> Iterator[dict]:
-    """An endless stream of augmented training batches, sharded over the mesh axis 'data'.
+                   mesh: Mesh, seed: int, backend: str, num_threads: int,
+                   start: int = 0) -> Iterator[dict]:
+    """The stream of augmented training batches from batch `start` on, sharded over 'data'.
 
     Random-resized crop (area 8%-100%, aspect 3/4-4/3), resize to image_size,
-    random horizontal flip, normalization: NVIDIA's DALI ResNet50 recipe. Each
-    process (dali_cpu) or device (dali_gpu) reads its own shard of the files in
-    an order drawn from `seed`; an epoch is `config.steps_per_epoch(len(split),
-    global_batch_size)` steps. The order and the random crops and flips depend
-    on `seed` alone: the training loop builds one iterator per epoch with a seed
-    made from (config.seed, epoch), so that a run restarted at any step sees the
-    batches an uninterrupted run sees.
+    random horizontal flip, normalization: NVIDIA's DALI ResNet50 recipe. An
+    epoch is `config.steps_per_epoch(len(split), global_batch_size)` batches,
+    each epoch a new order of the images. What batch g holds depends on
+    (seed, g) alone (see TrainOrder), so a run resumed at batch g (`start=g`)
+    sees what an uninterrupted run sees, without decoding the batches before.
+
+    The pipelines are built once: one per local GPU (dali_gpu) or per process
+    (dali_cpu), each fed its rows of every batch by Python (file names, crop
+    draws, flips) and reading, decoding and augmenting them itself, a few
+    batches ahead, across epoch ends.
     """
     _check_backend(backend)
     _check_mesh(mesh, backend)
     _check_batch(global_batch_size, mesh)
-    dtype = _dali_dtype(image_dtype)
-    config_lib.steps_per_epoch(len(split), global_batch_size)  # at least one full batch
-    # The same permutation in every process (same seed), so that the shards partition it.
-    order = np.random.default_rng(seed).permutation(len(split))
-    files = [split.files[i] for i in order]
-    labels = split.labels[order].tolist()
+    return _train_stream(split, global_batch_size=global_batch_size, image_size=image_size,
+                         dtype=_dali_dtype(image_dtype), mesh=mesh, seed=seed, start=start,
+                         num_threads=num_threads, per_device=backend == "dali_gpu",
+                         on_gpu=backend == "dali_gpu")
+
+
+def _train_stream(split: Split, *, global_batch_size: int, image_size: int, dtype, mesh: Mesh,
+                  seed: int, start: int, num_threads: int, per_device: bool,
+                  on_gpu: bool) -> Iterator[dict]:
+    """train_iterator's pipelines: one per local device of the mesh (`per_device`, as on
+    GPUs, where each decodes on its GPU), else one per process split over its devices."""
+    order = TrainOrder(split, global_batch_size=global_batch_size, seed=seed)
     sharding = batch_sharded(mesh)
-    common = dict(image_size=image_size, dtype=dtype, num_threads=num_threads)
-    # Pipeline seeds differ per shard, else all shards would draw the same crops and flips.
+    if per_device:
+        # A pipeline per device, fed the device's rows: its place in the mesh.
+        shards = [(position, device, device.local_hardware_id if on_gpu else None)
+                  for position, device in _local_devices(mesh)]
+        num_shards = mesh.size
+    else:
+        shards = [(jax.process_index(), None, None)]
+        num_shards = jax.process_count()
+    batch = _shard_batch(global_batch_size, num_shards, "pipelines")
+    iterators = []
+    for shard, _, device_id in shards:
+        feed = _ShardFeed(order, shard=shard, num_shards=num_shards, start=start)
+        pipe = _train_pipeline(feed, image_size=image_size, dtype=dtype, on_gpu=on_gpu,
+                               batch_size=batch, device_id=device_id, num_threads=num_threads)
+        # One iterator per pipeline: DALI's own runs endless streams of one pipeline only.
+        iterators.append(DALIGenericIterator([pipe], ["images", "labels"]))
 
-    if backend == "dali_gpu":
-        batch = _shard_batch(global_batch_size, mesh.size, "devices")
-        pipelines = []
-        for position, device in _local_devices(mesh):
-            pipe = _train_pipeline(files, labels, shard_id=position, num_shards=mesh.size,
-                                   on_gpu=True, batch_size=batch,
-                                   device_id=device.local_hardware_id,
-                                   seed=_pipeline_seed(seed, position), **common)
-            pipelines.append(pipe)
-        iterator = DALIGenericIterator(
-            pipelines, ["images", "labels"], reader_name=READER, auto_reset=True,
-            last_batch_policy=LastBatchPolicy.DROP, sharding=sharding)
-
-        def gpu_batches():
-            while True:
-                # One DALI epoch per round (auto_reset restarts it): the stream is endless.
-                yield from iterator
-
-        return gpu_batches()
-
-    process, num_processes = jax.process_index(), jax.process_count()
-    pipe = _train_pipeline(files, labels, shard_id=process, num_shards=num_processes,
-                           on_gpu=False, batch_size=global_batch_size // num_processes,
-                           device_id=None, seed=_pipeline_seed(seed, process), **common)
-    pipe.build()
-
-    def cpu_batches():
+    def batches():
         while True:
-            images, labels = _run_cpu(pipe)
-            yield {"images": jax.make_array_from_process_local_data(sharding, images),
-                   "labels": jax.make_array_from_process_local_data(sharding, labels)}
+            outs = [next(iterator) for iterator in iterators]
+            if per_device:
+                yield {key: jax.make_array_from_single_device_arrays(
+                    (global_batch_size, *outs[0][key].shape[1:]), sharding,
+                    [jax.device_put(out[key], device)  # already there on GPUs
+                     for out, (_, device, _) in zip(outs, shards, strict=True)])
+                    for key in ("images", "labels")}
+            else:
+                (out,) = outs
+                yield {key: jax.make_array_from_process_local_data(sharding, out[key])
+                       for key in ("images", "labels")}
 
-    return cpu_batches()
+    return batches()
 
 
 def shard_bounds(num_images: int, num_shards: int) -> list[tuple[int, int]]:

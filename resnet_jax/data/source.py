@@ -21,7 +21,8 @@ class Data:
 
     num_train_images: int
     class_names: list[str]
-    train: Callable[[int], Iterator[dict]]  # seed -> endless iterator of sharded batches
+    # First batch index (steps already trained) -> the endless stream of sharded batches.
+    train: Callable[[int], Iterator[dict]]
     eval: object | None  # one pass per iteration, with a 'mask'; None: no evaluation
 
 
@@ -52,9 +53,10 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
         return Data(
             num_train_images=config.data.synthetic_train_images,
             class_names=[],
-            train=lambda seed: synthetic.train_iterator(
+            train=lambda start: synthetic.train_iterator(
                 global_batch_size=train_batch, image_size=config.image_size,
-                image_dtype=image_dtype, num_classes=config.num_classes, mesh=mesh, seed=seed),
+                image_dtype=image_dtype, num_classes=config.num_classes, mesh=mesh,
+                seed=config.seed),
             eval=None,
         )
     if config.data.backend == "dali_gpu" and jax.devices()[0].platform != "gpu":
@@ -77,10 +79,10 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
     return Data(
         num_train_images=len(train),
         class_names=list(train.class_names),
-        train=lambda seed: dali.train_iterator(
+        train=lambda start: dali.train_iterator(
             train, global_batch_size=train_batch, image_size=config.image_size,
-            image_dtype=image_dtype, mesh=mesh, seed=seed, backend=config.data.backend,
-            num_threads=threads),
+            image_dtype=image_dtype, mesh=mesh, seed=config.seed, backend=config.data.backend,
+            num_threads=threads, start=start),
         eval=None if val is None else dali.eval_iterator(
             val, global_batch_size=eval_batch, resize_size=config.eval_resize_size,
             image_size=config.eval_image_size, image_dtype=image_dtype, mesh=mesh,

@@ -157,19 +157,6 @@ def _describe(run: TrainRun) -> str:
             f"data {config.data.backend}")
 
 
-def _epoch_batches(run: TrainRun, step: int, batches):
-    """The batch iterator for `step`: a new one, seeded by the epoch, when an epoch starts
-    (or the run starts mid-epoch, where the batches before `step` are replayed)."""
-    epoch_index, offset = divmod(step - 1, run.steps_per_epoch)
-    if batches is not None and offset != 0:
-        return batches
-    batches = None  # frees the last epoch's pipelines first
-    batches = run.data.train(epoch_seed(run.config.seed, epoch_index))
-    for _ in range(offset):  # resumed mid-epoch: replay up to here
-        next(batches)
-    return batches
-
-
 def train_loop(run: TrainRun) -> dict:
     """Trains `run` to its last step, evaluating, logging and checkpointing as configured.
 
@@ -185,12 +172,13 @@ def train_loop(run: TrainRun) -> dict:
                                   global_batch_size=run.train_batch)
     guard = NonFiniteGuard(config.max_nonfinite_steps if config.precision == "fp16" else 1,
                            config.precision)
-    history, eval_metrics, batches, saved_at = [], {}, None, None
+    history, eval_metrics, saved_at = [], {}, None
     compile_start = time.perf_counter()
+    # Built once; batch g is the same whether the run started at 0 or resumed at g.
+    batches = run.data.train(start_step)
     try:
         with StopSignals() as stop:
             for step in range(start_step + 1, total_steps + 1):
-                batches = _epoch_batches(run, step, batches)
                 state, metrics = run.train_step(state, next(batches))
                 history.append(metrics)
                 guard.add(metrics["grads_finite"])
@@ -254,11 +242,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns the last evaluation's metrics (empty without evaluation data).
     """
     return train_loop(setup_train_loop(config, workdir))
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The data seed of one epoch (file order, crops, flips): a function of both, nothing else."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 class StopSignals:
