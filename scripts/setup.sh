@@ -22,5 +22,12 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
+# With jax[cuda12], PyTorch (the tests' and the benchmark's reference) comes from PyTorch's
+# CUDA 12 index, before the extras: PyPI's Linux wheels are CUDA 13 builds, which a CUDA 12
+# driver cannot run. TORCH_INDEX picks another index.
+if [[ ",${EXTRAS:-test}," == *",cuda12,"* ]] && ! python -c 'import torch' 2>/dev/null; then
+    python -m pip install --quiet torch \
+        --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cu126}"
+fi
 python -m pip install --quiet -e ".[${EXTRAS:-test}]"
 set +euo pipefail
