@@ -15,16 +15,19 @@ scaled linearly (1.024 on 8 GPUs); SGD momentum 0.875; weight decay
 warmup epochs then cosine decay to zero; random-resized-crop 224 + flip; eval
 resize 256, center crop 224.
 
-Model: ResNeXt101-32x4d with a squeeze-and-excitation gate in every block
-(global average pool, 1x1 conv to channels/16, ReLU, 1x1 conv back, sigmoid),
-scaling the block's output before the residual add; 48,955,416 parameters.
+Model: NVIDIA's SE-ResNeXt101-32x4d: ResNeXt101-32x4d with a
+squeeze-and-excitation gate in every block (global average pool, linear
+layer to 16 units, ReLU, linear layer back, sigmoid; nn.Linear's init),
+scaling the block's output before the residual add; 45,251,128 parameters
+(DeepLearningExamples, PyTorch/Classification/ConvNets/image_classification/
+models/common.py, SqueezeAndExcitation(in_channels, squeeze=16)).
 
 Hardware, time and result as NVIDIA publishes them (PyTorch, AMP, 8x
 A100-80GB): 80.03% top-1 after 90 epochs, 80.9% after 250; 5,779 img/s on 8
 GPUs (1 GPU: 855), about 6 h for 90 epochs. See README.md, "Models".
 
-NVIDIA's own PyTorch model gives every SE gate 16 hidden units instead of
-channels/16; its checkpoints still convert exactly (see resnet_jax/torch/convert.py).
+The SE paper's and timm's network, with channels/16 units per gate (48,955,416
+parameters), is `--config.arch=seresnext101_32x4d`.
 """
 
 from resnet_jax import config as config_lib

@@ -75,9 +75,10 @@ PEAK_FLOPS = (
     ("A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
 )
 
-# timm's names for the three models (torchvision has only ResNet50).
+# timm's names for the models it has (torchvision has only ResNet50; NVIDIA's
+# SE-ResNeXt, with 16-unit SE gates, is in neither: resnet_jax.torch.reference has it).
 _TIMM_NAMES = {"resnet50_v15": "resnet50", "resnext101_32x4d": "resnext101_32x4d",
-               "se_resnext101_32x4d": "seresnext101_32x4d"}
+               "seresnext101_32x4d": "seresnext101_32x4d"}
 
 
 def peak_flops(device_kind: str, precision_name: str) -> float | None:
@@ -257,7 +258,9 @@ def torch_model(arch: str):
         pass
     from resnet_jax.torch import reference
 
-    scheme = "timm" if arch.startswith("se_") else "torchvision"
+    spec = models.SPECS[arch]
+    scheme = ("nvidia" if spec.get("se_hidden") else "timm" if spec.get("se_reduction")
+              else "torchvision")
     return reference.ResNet(arch, scheme), f"resnet_jax.torch.reference ({scheme})"
 
 

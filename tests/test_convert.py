@@ -21,7 +21,7 @@ CASES = [
     ("resnext101_32x4d", "torchvision"),  # timm's resnext101_32x4d
     ("resnext101_32x4d", "nvidia"),
     ("resnext101_32x4d", "nvidia_ngc"),
-    ("se_resnext101_32x4d", "timm"),
+    ("seresnext101_32x4d", "timm"),
     ("se_resnext101_32x4d", "nvidia"),
     ("se_resnext101_32x4d", "nvidia_ngc"),
     ("se_resnext101_32x4d", "nvidia_trt"),
@@ -64,18 +64,27 @@ def test_converted_logits_equal_pytorch(arch, scheme):
     assert _relative_error(got, want) < 1e-4
 
 
-def test_nvidia_se_gates_are_zero_padded_to_channels_over_16():
+def test_each_se_network_converts_exactly_and_refuses_the_other():
+    """NVIDIA's SE gates (16 units) fill se_resnext101_32x4d as they are, nothing padded;
+    given to timm's network (channels/16) they are refused with a line saying which is which."""
     model, _, _ = _reference("se_resnext101_32x4d", "nvidia")
     state_dict = _numpy_state_dict(model)
     assert state_dict["layers.2.0.squeeze.squeeze.weight"].shape == (16, 1024)
     variables = torch_convert.torch_to_flax("se_resnext101_32x4d", state_dict)
-    reduce = variables["params"]["layer3_0"]["se"]["reduce"]
-    expand = variables["params"]["layer3_0"]["se"]["expand"]
-    assert reduce["kernel"].shape == (1, 1, 1024, 64) and expand["kernel"].shape == (1, 1, 64, 1024)
-    np.testing.assert_array_equal(reduce["kernel"][0, 0, :, :16],
+    se = variables["params"]["layer3_0"]["se"]
+    np.testing.assert_array_equal(se["reduce"]["kernel"][0, 0],
                                   state_dict["layers.2.0.squeeze.squeeze.weight"].T)
-    assert not reduce["kernel"][..., 16:].any() and not reduce["bias"][16:].any()
-    assert not expand["kernel"][:, :, 16:, :].any()
+    np.testing.assert_array_equal(se["expand"]["bias"],
+                                  state_dict["layers.2.0.squeeze.expand.bias"])
+    # Stages 2-4 misfit (30 blocks x 3 tensors); in stage 1, 256/16 = 16 units fit both.
+    with pytest.raises(ConversionError, match=r"wrong shape 90: .*; \.\.\. 84 more\. .*SE gates "
+                       r"of 16 units are NVIDIA's \(--arch se_resnext101_32x4d\)"):
+        torch_convert.torch_to_flax("seresnext101_32x4d", state_dict)
+    timm, _, _ = _reference("seresnext101_32x4d", "timm")
+    with pytest.raises(ConversionError, match=r"of channels/16 timm's"):
+        torch_convert.torch_to_flax("se_resnext101_32x4d", _numpy_state_dict(timm))
+    with pytest.raises(ValueError, match="timm's SE gates, which scheme 'nvidia' does not name"):
+        ref.ResNet("seresnext101_32x4d", "nvidia")
 
 
 def test_torch_tensors_ddp_prefix_and_other_class_counts():
@@ -137,8 +146,9 @@ def test_nvidia_arch_names_are_aliases(tmp_path, capsys):
     assert convert.main(["--arch", "resnet101", "--torch-checkpoint", str(path),
                          "--output", str(tmp_path / "o")]) == 2
     assert ("error: arch 'resnet101' is not supported: use one of resnet50_v15, resnet_tiny, "
-            "resnext101_32x4d, se_resnext101_32x4d or NVIDIA's names (resnet50 = resnet50_v15, "
-            "resnext101-32x4d = resnext101_32x4d, se-resnext101-32x4d = se_resnext101_32x4d) "
+            "resnext101_32x4d, se_resnext101_32x4d, seresnext101_32x4d or NVIDIA's names "
+            "(resnet50 = resnet50_v15, resnext101-32x4d = resnext101_32x4d, "
+            "se-resnext101-32x4d = se_resnext101_32x4d) "
             "(--arch=NAME)\n") == capsys.readouterr().err
 
 

@@ -23,7 +23,8 @@ def _count(tree):
 @pytest.mark.parametrize("arch, expected", [
     ("resnet50_v15", 25_557_032),
     ("resnext101_32x4d", 44_177_704),
-    ("se_resnext101_32x4d", 48_955_416),
+    ("se_resnext101_32x4d", 45_251_128),  # NVIDIA's: 16 hidden units in every SE gate
+    ("seresnext101_32x4d", 48_955_416),  # timm's: channels/16
 ])
 def test_full_size_models_have_reference_parameter_counts(arch, expected):
     variables = _abstract_variables(models.create(arch))
@@ -31,7 +32,8 @@ def test_full_size_models_have_reference_parameter_counts(arch, expected):
 
 
 @pytest.mark.parametrize("arch, gmacs", [
-    ("resnet50_v15", 4.09), ("resnext101_32x4d", 7.97), ("se_resnext101_32x4d", 7.97)])
+    ("resnet50_v15", 4.09), ("resnext101_32x4d", 7.97), ("se_resnext101_32x4d", 7.97),
+    ("seresnext101_32x4d", 7.97)])
 def test_forward_macs_per_image_at_224(arch, gmacs):
     # Published: ResNet50 4.1 GMACs, ResNeXt101-32x4d 8.0.
     assert flops.forward_macs(models.create(arch), 224) / 1e9 == pytest.approx(gmacs, abs=0.01)
@@ -84,6 +86,28 @@ def test_nvidia_init_zero_last_bn_gamma_and_kaiming_fan_out():
     fan_out = 3 * 3 * 256
     assert kernel.std() == pytest.approx(np.sqrt(2 / fan_out), rel=0.02)
     assert np.all(variables["batch_stats"]["bn1"]["var"] == 1)
+
+
+def test_se_gate_init_follows_its_source():
+    """NVIDIA's gates are nn.Linear layers (weight and bias U(+-1/sqrt(fan_in))); timm's
+    are convolutions with the network's Kaiming init and zero biases."""
+    def gate(**se):
+        model = models.create("resnet_tiny", num_classes=3, **se)
+        params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+        return params["params"]["layer4_0"]["se"]  # 64 channels
+
+    nvidia = gate(se_hidden=16)
+    for layer, fan_in in ("reduce", 64), ("expand", 16):
+        bound = fan_in**-0.5
+        for leaf in "kernel", "bias":
+            values = np.asarray(nvidia[layer][leaf])
+            assert np.abs(values).max() <= bound
+            assert values.std() == pytest.approx(bound / np.sqrt(3), rel=0.2), (layer, leaf)
+    assert nvidia["reduce"]["kernel"].shape == (1, 1, 64, 16)
+    timm = gate(se_reduction=16)
+    assert timm["reduce"]["kernel"].shape == (1, 1, 64, 4)
+    assert not np.any(timm["reduce"]["bias"]) and not np.any(timm["expand"]["bias"])
+    assert np.asarray(timm["expand"]["kernel"]).std() == pytest.approx(np.sqrt(2 / 64), rel=0.2)
 
 
 def test_batch_norm_uses_nvidia_momentum_and_epsilon():

@@ -35,21 +35,35 @@ def torch_linear_init(fan_in: int):
 
 
 class SqueezeExcite(nn.Module):
-    """Channel gate: global average pool, 1x1 conv down, ReLU, 1x1 conv up, sigmoid."""
+    """Channel gate: global average pool, 1x1 conv down, ReLU, 1x1 conv up, sigmoid.
+
+    `hidden` units in the middle, or channels // `reduction` when hidden is 0.
+    `linear_init`: both layers initialised as PyTorch's nn.Linear, which
+    NVIDIA's gate is (weights and biases U(+-1/sqrt(fan_in))); otherwise the
+    convolutions' init and zero biases.
+    """
 
     reduction: int
+    hidden: int
     conv: ModuleDef
+    linear_init: bool = False
 
     @nn.compact
     def __call__(self, x):
         channels = x.shape[-1]
-        squeezed = max(channels // self.reduction, 1)
+        squeezed = self.hidden or max(channels // self.reduction, 1)
+
+        def layer(features, fan_in, name):
+            init = {}
+            if self.linear_init:
+                init = dict(kernel_init=torch_linear_init(fan_in),
+                            bias_init=torch_linear_init(fan_in))
+            return self.conv(features, (1, 1), use_bias=True, name=name, **init)
+
         # Pool in fp32: a half-precision mean over 56x56 positions loses digits.
         s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
-        s = self.conv(squeezed, (1, 1), use_bias=True, name="reduce")(s)
-        s = nn.relu(s)
-        s = self.conv(channels, (1, 1), use_bias=True, name="expand")(s)
-        return nn.sigmoid(s)
+        s = nn.relu(layer(squeezed, channels, "reduce")(s))
+        return nn.sigmoid(layer(channels, squeezed, "expand")(s))
 
 
 class Bottleneck(nn.Module):
@@ -59,7 +73,8 @@ class Bottleneck(nn.Module):
     out_channels: int
     strides: int
     groups: int
-    se_reduction: int  # 0: no squeeze-and-excitation
+    se_reduction: int  # SE gate of channels // se_reduction units (0 and se_hidden 0: none)
+    se_hidden: int  # SE gate of this many units (NVIDIA's: 16)
     conv: ModuleDef
     norm: ModuleDef
     zero_init_last_bn: bool
@@ -81,8 +96,9 @@ class Bottleneck(nn.Module):
         y = self.conv(self.out_channels, (1, 1), name="conv3")(y)
         scale_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
         y = self.norm(scale_init=scale_init, name="bn3")(y)
-        if self.se_reduction:
-            y = y * SqueezeExcite(self.se_reduction, self.conv, name="se")(y)
+        if self.se_reduction or self.se_hidden:
+            y = y * SqueezeExcite(self.se_reduction, self.se_hidden, self.conv,
+                                  linear_init=bool(self.se_hidden), name="se")(y)
         if residual.shape != y.shape:
             residual = self.conv(
                 self.out_channels,
@@ -107,6 +123,7 @@ class ResNet(nn.Module):
     num_classes: int
     groups: int = 1
     se_reduction: int = 0
+    se_hidden: int = 0
     stem_width: int = 64
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
@@ -147,6 +164,7 @@ class ResNet(nn.Module):
                     strides=2 if stage > 0 and block == 0 else 1,
                     groups=self.groups,
                     se_reduction=self.se_reduction,
+                    se_hidden=self.se_hidden,
                     conv=conv,
                     norm=norm,
                     zero_init_last_bn=self.zero_init_last_bn,

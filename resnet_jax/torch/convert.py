@@ -12,11 +12,10 @@ Three naming schemes are read, and told apart by their keys:
   gates are `squeeze.squeeze` / `squeeze.expand`, linear layers (or 1x1
   convolutions in the TensorRT variant).
 
-NVIDIA's SE gates have 16 hidden units in every block, where resnet_jax (as
-timm and the SE paper) has channels/16. The 16 units are copied into the first
-16 of the wider gate and the others get zero weights and bias: a zero unit
-adds nothing (ReLU(0) = 0), so the logits are NVIDIA's exactly, and its
-gradients are zero, so fine-tuning leaves it at zero.
+NVIDIA's SE gates have 16 hidden units in every block: their checkpoints
+convert to arch se_resnext101_32x4d. timm's (and the SE paper's) have
+channels/16: arch seresnext101_32x4d. Each is converted exactly, and a
+checkpoint given to the other arch is refused with a line that says which.
 
 Only numpy is needed for `torch_to_flax`; torch is needed to read `.pth` files.
 """
@@ -35,6 +34,10 @@ from resnet_jax.train.state import abstract_variables
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
 # Wrappers around a state dict in training checkpoints, in the order they are tried.
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+
+
+_SE_HINT = ("; SE gates of 16 units are NVIDIA's (--arch se_resnext101_32x4d), of channels/16 "
+            "timm's (--arch seresnext101_32x4d)")
 
 
 class ConversionError(ConfigError):
@@ -88,23 +91,6 @@ def _to_flax_layout(value: np.ndarray, leaf: str, target_ndim: int) -> np.ndarra
     return value
 
 
-def _pad_se(value: np.ndarray, target_shape: tuple, path: tuple[str, ...]) -> np.ndarray | None:
-    """NVIDIA's narrower SE gate zero-padded to the model's width, or None if it cannot be."""
-    if "se" not in path or value.ndim != len(target_shape):
-        return None
-    # The hidden axis: last of reduce (kernel and bias), the input axis of expand's kernel.
-    axis = -1 if path[-2] == "reduce" else (2 if path[-1] == "kernel" else None)
-    if axis is None:
-        return None
-    other = [s for i, s in enumerate(value.shape) if i != axis % value.ndim]
-    wanted = [s for i, s in enumerate(target_shape) if i != axis % len(target_shape)]
-    if other != wanted or value.shape[axis] > target_shape[axis]:
-        return None
-    padding = [(0, 0)] * value.ndim
-    padding[axis] = (0, target_shape[axis] - value.shape[axis])
-    return np.pad(value, padding)
-
-
 def _as_numpy(value) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor: fp16/bf16 do not convert to numpy directly
         value = value.detach().cpu().float().numpy()
@@ -117,7 +103,8 @@ def torch_to_flax(arch: str, state_dict, *, num_classes: int | None = None) -> d
     `state_dict` maps torch key names to arrays (numpy, or torch tensors) in
     any of the naming schemes above; `num_classes` defaults to the rows of
     `fc.weight`. Raises ConversionError naming every key that is missing,
-    unexpected or of the wrong shape; nothing is dropped silently.
+    unexpected or of the wrong shape (the first few of each, and how many in all);
+    nothing is dropped silently.
     """
     tensors = {}
     for key, value in state_dict.items():
@@ -132,7 +119,7 @@ def torch_to_flax(arch: str, state_dict, *, num_classes: int | None = None) -> d
     arch = models.canonical(arch, flag="--arch")
     abstract = abstract_variables(arch, num_classes)
 
-    missing, wrong_shape, out = [], [], {}
+    missing, wrong_shape, out, se_gates = [], [], {}, False
     for collection, tree in abstract.items():
         flat = {}
         for key_path, spec in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -144,28 +131,33 @@ def torch_to_flax(arch: str, state_dict, *, num_classes: int | None = None) -> d
             original, value = tensors.pop(name)
             value = _to_flax_layout(_as_numpy(value), path[-1], len(spec.shape))
             if value.shape != spec.shape:
-                padded = _pad_se(value, spec.shape, path)
-                if padded is None:
-                    wrong_shape.append(f"{original} {tuple(np.shape(value))} -> {path_str(path)} "
-                                       f"needs {tuple(spec.shape)}")
-                    continue
-                value = padded
+                wrong_shape.append(f"{original} {tuple(np.shape(value))} -> {path_str(path)} "
+                                   f"needs {tuple(spec.shape)}")
+                se_gates |= "se" in path
+                continue
             flat[path] = value
         out[collection] = _unflatten(flat)
     unexpected = sorted(original for original, _ in tensors.values())
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing)}")
+        problems.append(f"missing {len(missing)}: {_first(missing, ', ')}")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
+        problems.append(f"unexpected {len(unexpected)}: {_first(unexpected, ', ')}")
     if wrong_shape:
-        problems.append(f"wrong shape {len(wrong_shape)}: {'; '.join(wrong_shape)}")
+        problems.append(f"wrong shape {len(wrong_shape)}: {_first(wrong_shape, '; ')}")
     if problems:
         raise ConversionError(
             f"the state dict ({naming_scheme(state_dict)} naming) does not fit arch {arch} "
             f"with {num_classes} classes: " + " | ".join(problems)
-            + ". Check --arch (one of " + ", ".join(models.names()) + ")")
+            + ". Check --arch (one of " + ", ".join(models.names()) + ")"
+            + (_SE_HINT if se_gates else ""))
     return out
+
+
+def _first(items: list[str], separator: str, shown: int = 6) -> str:
+    """The first `shown` items, and how many more: a wrong arch can misfit hundreds of keys."""
+    more = f"{separator}... {len(items) - shown} more" if len(items) > shown else ""
+    return separator.join(items[:shown]) + more
 
 
 def path_str(path: tuple[str, ...]) -> str:

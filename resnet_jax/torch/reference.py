@@ -8,6 +8,9 @@ reproduces the state-dict keys of:
 * 'timm': as above plus timm's SE gate `layer1.0.se.fc1/fc2` (1x1 convs).
 * 'nvidia': NVIDIA ConvNets today: stages `layers.0..3`, SE gate
   `squeeze.squeeze/expand` as nn.Linear with 16 hidden units.
+
+An arch with 16-unit SE gates (se_resnext101_32x4d) takes the NVIDIA schemes
+only, one with channels/16 (seresnext101_32x4d) the 'timm' scheme only.
 * 'nvidia_ngc': NVIDIA's NGC 20.06 checkpoints: stages `layer1..4`, same SE.
 * 'nvidia_trt': NVIDIA's TensorRT variant: SE gate as 1x1 convs.
 
@@ -21,8 +24,6 @@ import torch
 from torch import nn
 
 from resnet_jax import models
-
-NVIDIA_SE_HIDDEN = 16
 
 
 class TimmSqueezeExcite(nn.Module):
@@ -39,12 +40,12 @@ class TimmSqueezeExcite(nn.Module):
 class NvidiaSqueezeExcite(nn.Module):
     """Returns the gate only; the block multiplies (NVIDIA's addcmul)."""
 
-    def __init__(self, channels, conv: bool):
+    def __init__(self, channels, hidden, conv: bool):
         super().__init__()
         layer = (lambda i, o: nn.Conv2d(i, o, 1)) if conv else nn.Linear
         self.conv = conv
-        self.squeeze = layer(channels, NVIDIA_SE_HIDDEN)
-        self.expand = layer(NVIDIA_SE_HIDDEN, channels)
+        self.squeeze = layer(channels, hidden)
+        self.expand = layer(hidden, channels)
 
     def forward(self, x):
         s = x.mean((2, 3), keepdim=self.conv)
@@ -66,10 +67,10 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False),
                                             nn.BatchNorm2d(out))
         self.se = self.squeeze = None
-        if se and scheme == "timm":
+        if se == "timm":
             self.se = TimmSqueezeExcite(out)
         elif se:
-            self.squeeze = NvidiaSqueezeExcite(out, conv=scheme == "nvidia_trt")
+            self.squeeze = NvidiaSqueezeExcite(out, se, conv=scheme == "nvidia_trt")
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -88,8 +89,12 @@ class ResNet(nn.Module):
         super().__init__()
         spec = models.SPECS[models.canonical(arch)]  # the Flax model's keyword arguments
         sizes, widths, expansion = spec["stage_sizes"], spec["stage_widths"], spec["expansion"]
-        groups, se, stem = (spec.get("groups", 1), bool(spec.get("se_reduction")),
-                            spec.get("stem_width", 64))
+        groups, stem = spec.get("groups", 1), spec.get("stem_width", 64)
+        # SE gates: NVIDIA's (hidden units, an int) or timm's ('timm'), or None.
+        se = spec.get("se_hidden") or ("timm" if spec.get("se_reduction") else None)
+        if se and (se == "timm") != (scheme == "timm"):
+            raise ValueError(f"arch {arch} has {'timm' if se == 'timm' else 'NVIDIA'}'s SE "
+                             f"gates, which scheme {scheme!r} does not name")
         self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
