@@ -9,9 +9,13 @@ Presets: `configs/resnext101_32x4d.py:90` (default), `:250` (mixup 0.2).
 
 Recipe (NVIDIA's DGX-A100 settings): batch 128 per GPU (1,024 on 8 GPUs);
 learning rate 0.256 per 256 images, scaled linearly (1.024 on 8 GPUs); SGD
-momentum 0.875; weight decay 6.103515625e-05 (1/16384) on conv/dense kernels;
-label smoothing 0.1; 8 warmup epochs then cosine decay to zero;
-random-resized-crop 224 + flip; eval resize 256, center crop 224.
+momentum 0.875; weight decay 6.103515625e-05 (1/16384) on every parameter
+whose PyTorch name lacks "bn"; label smoothing 0.1; 8 warmup epochs then
+cosine decay, the rate set once per epoch; random-resized-crop 224 + flip;
+eval resize 256 (not antialiased), center crop 224.
+
+Every value follows NVIDIA's PyTorch implementation (DeepLearningExamples,
+PyTorch/Classification/ConvNets, "ConvNets" below), as its comment says.
 
 Model: ResNet101 layout (3, 4, 23, 3 blocks) whose 3x3 convolutions have 32
 groups of width 4 at the first stage (128 channels), doubling per stage;
@@ -32,8 +36,10 @@ def get_config(preset: str | None = None):
     # --- model ---------------------------------------------------------------------------
     config.arch = "resnext101_32x4d"
     config.num_classes = 1000
-    config.model.conv_init = "fan_out"  # Kaiming-normal, fan-out
-    config.model.zero_init_last_bn = True  # gamma 0 on each block's last BN
+    # Kaiming-normal, fan-in; last BN's gamma 1: ConvNets models/resnet.py, ResNet(...,
+    # last_bn_0_init=False, conv_init="fan_in"), which the published runs keep.
+    config.model.conv_init = "fan_in"
+    config.model.zero_init_last_bn = False
     config.model.bn_momentum = 0.9
     config.model.bn_epsilon = 1e-5
 
@@ -42,11 +48,18 @@ def get_config(preset: str | None = None):
     config.base_learning_rate = 0.256  # per 256 images, scaled linearly with the batch
     config.momentum = 0.875
     config.nesterov = False
-    config.weight_decay = 6.103515625e-05  # 1/16384, on conv and dense kernels
+    config.weight_decay = 6.103515625e-05  # 1/16384
+    # ConvNets image_classification/optimizers.py get_sgd_optimizer(bn_weight_decay=False):
+    # every parameter whose name lacks "bn" (so also downsample.1.*, fc.bias, SE biases).
+    config.weight_decay_rule = "not_bn"
 
-    # --- schedule: warmup, then cosine decay to zero, per step ------------------------------
+    # --- schedule: warmup, then cosine decay, set once per epoch ---------------------------
+    # ConvNets optimizers.py lr_cosine_policy: lr*(e+1)/warmup, then
+    # lr*(1 + cos(pi*(e - warmup)/(epochs - warmup)))/2 for epoch e.
     config.num_epochs = 90
     config.warmup_epochs = 8
+    config.lr_schedule_unit = "epoch"
+    config.warmup_from_zero = False
 
     # --- loss ----------------------------------------------------------------------------
     config.label_smoothing = 0.1
@@ -56,7 +69,12 @@ def get_config(preset: str | None = None):
     config.image_size = 224
     config.eval_resize_size = 256
     config.eval_image_size = 224
+    config.eval_antialias = False  # ConvNets image_classification/dali.py eval resize
 
     # --- numerics ------------------------------------------------------------------------
     config.precision = "bf16"
+    # fp16 (NVIDIA's AMP): ConvNets main.py GradScaler(init_scale=static_loss_scale = 128,
+    # growth_interval=100 with --dynamic-loss-scale).
+    config.loss_scale_init = 128.0
+    config.loss_scale_growth_interval = 100
     return config_lib.apply_epoch_preset(config, preset, ("90", "250"), "resnext101_32x4d")

@@ -60,7 +60,8 @@ def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
     try:
         pixels = dali.preprocess_files(
             images, resize_size=meta["eval_resize_size"], image_size=size,
-            image_dtype=precision_lib.image_dtype(precision), on_gpu=on_gpu)
+            image_dtype=precision_lib.image_dtype(precision), on_gpu=on_gpu,
+            antialias=meta.get("eval_antialias", True))
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"could not read the images {images}: {first}") from error

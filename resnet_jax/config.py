@@ -16,6 +16,7 @@ import ml_collections
 from resnet_jax import models
 from resnet_jax.data import BACKENDS
 from resnet_jax.errors import ConfigError
+from resnet_jax.train import optimizer
 from resnet_jax.train.precision import PRECISIONS
 
 MODES = ("train", "eval")
@@ -42,12 +43,20 @@ def defaults() -> ml_collections.ConfigDict:
     config.base_learning_rate = 0.0  # for a global batch of 256; scaled linearly
     config.momentum = 0.0
     config.nesterov = False
-    config.weight_decay = 0.0  # on conv and dense kernels only
+    config.weight_decay = 0.0
+    # Which parameters are decayed: 'kernels' (conv and dense kernels) or 'not_bn' (NVIDIA's
+    # PyTorch rule: every parameter whose PyTorch name lacks "bn").
+    config.weight_decay_rule = "kernels"
+    # The warmup + cosine schedule changes every 'step' (NVIDIA's MXNet) or every 'epoch'
+    # (NVIDIA's PyTorch lr_cosine_policy); warmup starts at 0 (MXNet) or one unit in (PyTorch).
+    config.lr_schedule_unit = "step"
+    config.warmup_from_zero = False
     config.label_smoothing = 0.0
     config.mixup_alpha = 0.0  # 0: off
     config.image_size = 0
     config.eval_resize_size = 0
     config.eval_image_size = 0
+    config.eval_antialias = True  # antialiased eval resize (DALI); NVIDIA's PyTorch: False
     config.precision = ""  # fp32 | tf32 | bf16 | fp16 (fp16 uses dynamic loss scaling)
     config.model = ml_collections.ConfigDict()
     config.model.conv_init = "fan_out"
@@ -137,6 +146,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice("precision", config.precision, PRECISIONS)
     _choice("data.backend", config.data.backend, BACKENDS)
     _choice("mode", config.mode, MODES)
+    _choice("lr_schedule_unit", config.lr_schedule_unit, optimizer.SCHEDULE_UNITS)
+    _choice("weight_decay_rule", config.weight_decay_rule, optimizer.WEIGHT_DECAY_RULES)
     for name in ("num_classes", "image_size", "eval_image_size", "eval_resize_size",
                  "num_epochs", "per_device_batch_size", "base_learning_rate",
                  "model.bn_momentum", "model.bn_epsilon"):

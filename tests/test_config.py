@@ -44,8 +44,13 @@ def test_resnext_recipes_are_nvidias(recipe):
     assert config.per_device_batch_size == 128 and config.warmup_epochs == 8
     assert config.weight_decay == 6.103515625e-05 == 1 / 16384
     assert config.base_learning_rate == 0.256 and config.momentum == 0.875
-    assert config.label_smoothing == 0.1 and config.model.conv_init == "fan_out"
+    assert config.label_smoothing == 0.1
     assert config_lib.learning_rate(config, 8 * 128) == pytest.approx(1.024)
+    # NVIDIA's PyTorch code, value for value (see the config's comments).
+    assert (config.lr_schedule_unit, config.warmup_from_zero) == ("epoch", False)
+    assert config.weight_decay_rule == "not_bn" and config.eval_antialias is False
+    assert (config.loss_scale_init, config.loss_scale_growth_interval) == (128.0, 100)
+    assert (config.model.conv_init, config.model.zero_init_last_bn) == ("fan_in", False)
     long = _load("250", recipe)
     assert long.num_epochs == 250 and long.mixup_alpha == 0.2
     with pytest.raises(ValueError, match="preset '50' is not one of 90, 250"):
@@ -133,3 +138,4 @@ def test_defaults_hold_plumbing_only_and_a_recipe_fills_them(tmp_path):
         config = _load(recipe=recipe)
         config.data.root = str(tmp_path)
         config_lib.validate(config)
+

@@ -52,3 +52,60 @@ def test_sgd_matches_pytorch_update_rule():
             p[k] = np.asarray(p[k]) - lr * buf[k]
     for k in p:
         np.testing.assert_allclose(params[k], p[k], rtol=1e-6)
+
+
+# NVIDIA's two schedules, written out from their sources, for a 90-epoch run at batch 256.
+STEPS_PER_EPOCH, EPOCHS, WARMUP, BASE = 1281167 // 256, 90, 8, 0.256
+
+
+def pytorch_lr(step):
+    """ConvNets optimizers.py lr_cosine_policy, applied per epoch (training.py)."""
+    epoch = step // STEPS_PER_EPOCH
+    if epoch < WARMUP:
+        return BASE * (epoch + 1) / WARMUP
+    return 0.5 * (1 + np.cos(np.pi * (epoch - WARMUP) / (EPOCHS - WARMUP))) * BASE
+
+
+def mxnet_lr(step):
+    """MXNet RN50v1.5 fit.py cosine_schedule(epoch + nbatch / epoch_size), no lr_steps."""
+    x = step / STEPS_PER_EPOCH
+    if x < WARMUP:
+        return BASE * x / WARMUP
+    return BASE * 0.5 * (1 + np.cos(np.pi * (x - WARMUP) / (EPOCHS - WARMUP)))
+
+
+@pytest.mark.parametrize("unit, from_zero, formula", [
+    ("epoch", False, pytorch_lr), ("step", True, mxnet_lr)], ids=["pytorch", "mxnet"])
+def test_schedules_equal_nvidia_formulas(unit, from_zero, formula):
+    lr = optimizer.schedule(BASE, warmup_epochs=WARMUP, num_epochs=EPOCHS,
+                            steps_per_epoch=STEPS_PER_EPOCH, unit=unit,
+                            warmup_from_zero=from_zero)
+    last = EPOCHS * STEPS_PER_EPOCH - 1
+    steps = [0, 1, 2501, 5003, 5004, 12345, WARMUP * STEPS_PER_EPOCH - 1,
+             WARMUP * STEPS_PER_EPOCH, WARMUP * STEPS_PER_EPOCH + 1, 200_000, 300_017,
+             last - STEPS_PER_EPOCH, last]
+    got = np.array(jax.vmap(lr)(jnp.array(steps)))
+    want = np.array([formula(s) for s in steps])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)  # float32 near the end
+    if unit == "epoch":  # constant through an epoch, and never 0
+        assert got[1] == got[0] == got[3] and got[-1] > 1e-5
+    else:  # from 0, to 0
+        assert got[0] == 0 and got[-1] < 1e-9
+
+
+def test_nvidia_pytorch_weight_decay_rule_on_resnet50():
+    """bn_weight_decay=False: every parameter whose PyTorch name lacks 'bn' is decayed."""
+    model = models.create("resnet50_v15")
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+                                               train=False))["params"]
+
+    def decayed(rule):
+        mask = optimizer.decay_mask(params, rule)
+        leaves = zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+        return sum(int(np.prod(p.shape)) for p, m in leaves if m)
+
+    assert decayed("not_bn") == 25_511_592  # all but bn1/bn2/bn3: downsample.1 is decayed
+    assert decayed("kernels") == 25_557_032 - 53_120 - 1000  # no BN, no fc bias
+    mask = optimizer.decay_mask(params, "not_bn")
+    assert mask["layer1_0"]["downsample_bn"]["scale"] and mask["fc"]["bias"]
+    assert not mask["layer1_0"]["bn3"]["scale"] and not mask["bn1"]["bias"]

@@ -233,14 +233,14 @@ def _train_pipeline(feed, *, image_size, dtype, on_gpu):
 
 
 @pipeline_def
-def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu):
+def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu, antialias=True):
     # Each pipeline gets exactly its own (padded) file list, read once per pass in order.
     jpegs, labels = fn.readers.file(files=files, labels=labels, random_shuffle=False,
                                     pad_last_batch=True, name=READER)
     images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu",
                                output_type=types.RGB, **(_MIXED_DECODER if on_gpu else {}))
     images = fn.resize(images, resize_shorter=resize_size, interp_type=types.INTERP_LINEAR,
-                       antialias=True)
+                       antialias=antialias)
     images = fn.crop_mirror_normalize(
         images, dtype=dtype, output_layout="HWC", crop=(image_size, image_size),
         mean=list(MEAN), std=list(STD), mirror=0)
@@ -248,8 +248,8 @@ def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu):
 
 
 def preprocess_files(files: list[str], *, resize_size: int, image_size: int, image_dtype,
-                     on_gpu: bool = False, batch_size: int = 16,
-                     num_threads: int = 2) -> np.ndarray:
+                     on_gpu: bool = False, batch_size: int = 16, num_threads: int = 2,
+                     antialias: bool = True) -> np.ndarray:
     """Images as the evaluation sees them (resize, center crop, normalize): (N, H, W, 3).
 
     The same DALI pipeline as `eval_iterator`, on a plain list of files (any
@@ -262,7 +262,7 @@ def preprocess_files(files: list[str], *, resize_size: int, image_size: int, ima
     pipe = _eval_pipeline(list(files), [0] * len(files), resize_size=resize_size,
                           image_size=image_size, dtype=_dali_dtype(image_dtype), on_gpu=on_gpu,
                           batch_size=batch, device_id=0 if on_gpu else None,
-                          num_threads=num_threads)
+                          num_threads=num_threads, antialias=antialias)
     pipe.build()
     out = []
     for _ in range(math.ceil(len(files) / batch)):
@@ -415,8 +415,11 @@ class EvalData:
 
 
 def eval_iterator(split: Split, *, global_batch_size: int, resize_size: int, image_size: int,
-                  image_dtype, mesh: Mesh, backend: str, num_threads: int) -> EvalData:
+                  image_dtype, mesh: Mesh, backend: str, num_threads: int,
+                  antialias: bool = True) -> EvalData:
     """The validation set, resized (shorter side resize_size) and center-cropped to image_size.
+
+    `antialias`: DALI's antialiased resize (as PIL's); NVIDIA's PyTorch pipeline turns it off.
 
     Returns an EvalData: iterate it for one pass of `num_batches` batches with
     'images', 'labels' and 'mask'. The images are split into one contiguous
@@ -432,7 +435,7 @@ def eval_iterator(split: Split, *, global_batch_size: int, resize_size: int, ima
                           f"{image_size}: set the resize size to at least {image_size}")
     sharding = batch_sharded(mesh)
     common = dict(resize_size=resize_size, image_size=image_size, dtype=dtype,
-                  num_threads=num_threads)
+                  num_threads=num_threads, antialias=antialias)
 
     if backend == "dali_gpu":
         num_shards, here = mesh.size, _local_devices(mesh)

@@ -85,6 +85,7 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
             num_threads=threads, start=start),
         eval=None if val is None else dali.eval_iterator(
             val, global_batch_size=eval_batch, resize_size=config.eval_resize_size,
+            antialias=config.eval_antialias,
             image_size=config.eval_image_size, image_dtype=image_dtype, mesh=mesh,
             backend=config.data.backend, num_threads=threads),
     )

@@ -62,7 +62,7 @@ def _canonical(key: str) -> str:
     return key.replace(".squeeze.squeeze.", ".se.fc1.").replace(".squeeze.expand.", ".se.fc2.")
 
 
-def _torch_key(path: tuple[str, ...], collection: str) -> str:
+def torch_key(path: tuple[str, ...], collection: str) -> str:
     """The torchvision/timm key of one Flax variable, e.g. ('layer2_0', 'conv2', 'kernel')."""
     *modules, leaf = path
     names = []
@@ -124,7 +124,7 @@ def torch_to_flax(arch: str, state_dict, *, num_classes: int | None = None) -> d
         flat = {}
         for key_path, spec in jax.tree_util.tree_flatten_with_path(tree)[0]:
             path = tuple(k.key for k in key_path)
-            name = _torch_key(path, collection)
+            name = torch_key(path, collection)
             if name not in tensors:
                 missing.append(name)
                 continue

@@ -88,9 +88,13 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
 
     # --- model, optimizer, steps -----------------------------------------------------------
     peak_lr = config_lib.learning_rate(config, train_batch)
-    schedule = optimizer.warmup_cosine(peak_lr, config.warmup_epochs * steps_per_epoch, total_steps)
+    schedule = optimizer.schedule(peak_lr, warmup_epochs=config.warmup_epochs,
+                                  num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
+                                  unit=config.lr_schedule_unit,
+                                  warmup_from_zero=config.warmup_from_zero)
     tx = optimizer.create(schedule, momentum=config.momentum, nesterov=config.nesterov,
-                          weight_decay=config.weight_decay)
+                          weight_decay=config.weight_decay,
+                          weight_decay_rule=config.weight_decay_rule)
     model = models.build(config)
     replicated = parallel.replicated(mesh)
     state = jax.jit(
@@ -120,6 +124,7 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
     meta = {"arch": config.arch, "num_classes": config.num_classes,
             "class_names": data.class_names, "image_size": config.image_size,
             "eval_resize_size": config.eval_resize_size,
+            "eval_antialias": config.eval_antialias,
             "eval_image_size": config.eval_image_size, "precision": config.precision}
     return TrainRun(config=config, workdir=workdir, mesh=mesh, data=data, state=state,
                     train_step=train_step, eval_step=eval_step, train_batch=train_batch,
