@@ -4,6 +4,8 @@ A checkpoint is a step folder under WORKDIR/checkpoints with three items:
   model  {'params', 'batch_stats'}: all that inference needs
   train  {'step', 'opt_state', 'loss_scale', 'good_steps'}: the rest of the state
   meta   JSON: arch, num_classes, class names, image sizes, epoch
+and a fourth when the run keeps an EMA of the weights (config.ema_decay > 0):
+  ema    {'params', 'batch_stats'}: the moving average, a model like `model`
 Evaluation and fine-tuning read `model` and `meta` only. Orbax writes each
 step to a temporary folder and renames it when complete, so an interrupted
 save is never taken for the latest checkpoint.
@@ -15,6 +17,7 @@ how a checkpoint must fit the config (`resume`, `init_from`).
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -35,11 +38,17 @@ def _manager(directory: str, *, keep: int | None = None, read_only: bool = False
         enable_async_checkpointing=not read_only,
         save_interval_steps=0 if read_only else 1,  # read-only: Orbax's value, said up front
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=("model", "train", "meta"))
+    return ocp.CheckpointManager(directory, options=options,
+                                 item_names=("model", "train", "meta", "ema"))
 
 
 def _restore_meta(manager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def _has_item(manager, step: int, item: str) -> bool:
+    """Whether checkpoint `step` has the Composite item `item` (a subfolder of its step)."""
+    return os.path.isdir(os.path.join(str(manager.directory), str(step), item))
 
 
 def _with_sharding(tree, sharding):
@@ -60,6 +69,8 @@ class Checkpointer:
     def save(self, state: TrainState, meta: dict) -> None:
         """Starts writing `state` at its step; returns before the write finishes."""
         step = int(jax.device_get(state.step))
+        # The weights' moving average, when kept, is a model of its own: item 'ema'.
+        ema = {} if state.ema is None else {"ema": ocp.args.StandardSave(state.ema)}
         self._manager.save(step, args=ocp.args.Composite(
             model=ocp.args.StandardSave({"params": state.params,
                                          "batch_stats": state.batch_stats}),
@@ -67,6 +78,7 @@ class Checkpointer:
                                          "loss_scale": state.loss_scale,
                                          "good_steps": state.good_steps}),
             meta=ocp.args.JsonSave(meta),
+            **ema,
         ))
 
     def latest_meta(self) -> dict:
@@ -74,9 +86,14 @@ class Checkpointer:
         return _restore_meta(self._manager, self._manager.latest_step())
 
     def restore(self, state: TrainState, sharding) -> TrainState:
-        """The latest checkpoint, shaped like `state` and placed with `sharding`."""
+        """The latest checkpoint, shaped like `state` and placed with `sharding`.
+
+        A `state` with an EMA takes the checkpoint's, or, from a checkpoint
+        written without one, starts it from the restored weights (logged).
+        """
         step = self._manager.latest_step()
         abstract = _with_sharding(jax.eval_shape(lambda s: s, state), sharding)
+        with_ema = state.ema is not None and _has_item(self._manager, step, "ema")
         restored = self._manager.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore({"params": abstract.params,
                                             "batch_stats": abstract.batch_stats}),
@@ -84,9 +101,16 @@ class Checkpointer:
                                             "opt_state": abstract.opt_state,
                                             "loss_scale": abstract.loss_scale,
                                             "good_steps": abstract.good_steps}),
+            **({"ema": ocp.args.StandardRestore(abstract.ema)} if with_ema else {}),
         ))
         model, train = restored["model"], restored["train"]
-        return state.replace(params=model["params"], batch_stats=model["batch_stats"], **train)
+        ema = restored["ema"] if with_ema else None
+        if state.ema is not None and ema is None:
+            reporting.log(f"checkpoint {step} has no EMA of the weights: it starts from them now")
+            # Copies: the train step donates every leaf of the state.
+            ema = jax.tree.map(jnp.copy, model)
+        return state.replace(params=model["params"], batch_stats=model["batch_stats"], ema=ema,
+                             **train)
 
     def delete_after(self, step: int) -> None:
         """Deletes the checkpoints of steps after `step` (numbered in another batch size)."""
@@ -140,11 +164,22 @@ class Saved:
         self.directory, self.step, self._manager = _resolve(path)
         self.meta = _restore_meta(self._manager, self.step)
 
-    def restore_model(self, abstract, sharding) -> dict:
-        """{'params', 'batch_stats'} shaped like `abstract`, placed with `sharding`."""
+    @property
+    def has_ema(self) -> bool:
+        """Whether the checkpoint also holds the moving average of the weights."""
+        return _has_item(self._manager, self.step, "ema")
+
+    def restore_model(self, abstract, sharding, *, ema: bool = False) -> dict:
+        """{'params', 'batch_stats'} shaped like `abstract`, placed with `sharding`; with
+        `ema`, the moving average's instead (a ConfigError when there is none)."""
+        item = "ema" if ema else "model"
+        if ema and not self.has_ema:
+            raise ConfigError(
+                f"checkpoint {self.path!r} (step {self.step}) holds no EMA of the weights: "
+                "drop the EMA option, or train with --config.ema_decay=0.9999 (for example)")
         restored = self._manager.restore(self.step, args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(_with_sharding(abstract, sharding))))
-        return restored["model"]
+            **{item: ocp.args.StandardRestore(_with_sharding(abstract, sharding))}))
+        return restored[item]
 
 
 def save_model(workdir: str, variables: dict, meta: dict, *, step: int = 0) -> str:
@@ -226,4 +261,7 @@ def init_from(config, state: TrainState, sharding) -> TrainState:
         params = {**params, "fc": state.params["fc"]}
         kept = f"all but fc (new fc for {config.num_classes} classes, was {num_classes})"
     reporting.log(f"initialised from {saved.directory}/{saved.step}: {kept}")
-    return state.replace(params=params, batch_stats=variables["batch_stats"])
+    ema = state.ema
+    if ema is not None:  # the moving average starts from the weights trained from
+        ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": variables["batch_stats"]})
+    return state.replace(params=params, batch_stats=variables["batch_stats"], ema=ema)

@@ -38,8 +38,9 @@ def display_names(meta: dict) -> list[str]:
 
 
 def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
-            on_gpu: bool = False) -> tuple[np.ndarray, list[str]]:
-    """(probabilities (N, num_classes) in fp32, class names) for image files."""
+            on_gpu: bool = False, ema: bool = False) -> tuple[np.ndarray, list[str]]:
+    """(probabilities (N, num_classes) in fp32, class names) for image files; with `ema`,
+    from the checkpoint's moving average of the weights."""
     if precision not in precision_lib.PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not supported: use one of "
                           f"{', '.join(precision_lib.PRECISIONS)}")
@@ -53,7 +54,7 @@ def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
     size = meta["eval_image_size"]
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     variables = saved.restore_model(abstract_variables(meta["arch"], meta["num_classes"]),
-                                    device)
+                                    device, ema=ema)
 
     from resnet_jax.data import dali
 
@@ -81,12 +82,15 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="fp32", choices=precision_lib.PRECISIONS)
     parser.add_argument("--top", type=int, default=5, help="classes to print per image")
     parser.add_argument("--gpu", action="store_true", help="decode on the GPU (DALI mixed)")
+    parser.add_argument("--ema", action="store_true",
+                        help="use the checkpoint's moving average of the weights "
+                        "(trained with --config.ema_decay)")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     args = parser.parse_args(argv)
     quiet.keep_own_lines()
     try:
         probabilities, names = predict(args.checkpoint, args.images, precision=args.precision,
-                                       on_gpu=args.gpu)
+                                       on_gpu=args.gpu, ema=args.ema)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

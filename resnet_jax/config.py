@@ -65,6 +65,11 @@ def defaults() -> ml_collections.ConfigDict:
     config.model.bn_epsilon = 0.0
     # False: BN statistics per device, as NVIDIA trains. True: over the global batch.
     config.model.sync_batch_norm = False
+    # An exponential moving average of the weights and BN statistics (NVIDIA's --use-ema
+    # DECAY), kept beside the model, checkpointed and evaluated with it. 0: off.
+    config.ema_decay = 0.0
+    # mode=eval: evaluate the checkpoint's moving average instead of its weights.
+    config.eval_ema = False
 
     # --- batch plumbing ----------------------------------------------------------------------
     # The global batch wins over per_device_batch_size when set (> 0).
@@ -160,6 +165,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"eval_image_size={config.eval_image_size}: the center crop must fit in the "
             "resized image"
         )
+    if not 0 <= config.ema_decay < 1:
+        raise ConfigError(f"ema_decay={config.ema_decay} must be in [0, 1): 0 turns the EMA "
+                          "off, NVIDIA's runs use e.g. 0.9999 (--config.ema_decay=0.9999)")
     if not 0 <= config.warmup_epochs < config.num_epochs:
         raise ConfigError(
             f"warmup_epochs={config.warmup_epochs} must be in [0, num_epochs={config.num_epochs})"

@@ -91,15 +91,17 @@ def error_line(result) -> str:
     return lines[0]
 
 
-def final_variables(workdir, arch: str = "resnet_tiny", num_classes: int = 3):
-    """(step, {'params', 'batch_stats'} as numpy) of the latest checkpoint in `workdir`."""
+def final_variables(workdir, arch: str = "resnet_tiny", num_classes: int = 3, *,
+                    ema: bool = False):
+    """(step, {'params', 'batch_stats'} as numpy) of the latest checkpoint in `workdir` (with
+    `ema`: its moving average's)."""
     from resnet_jax import checkpoint, parallel
     from resnet_jax.train.state import abstract_variables
 
     saved = checkpoint.Saved(str(workdir))
     mesh = parallel.make_mesh(jax.devices()[:1])
     variables = saved.restore_model(abstract_variables(arch, num_classes),
-                                    parallel.replicated(mesh))
+                                    parallel.replicated(mesh), ema=ema)
     return saved.step, jax.device_get(variables)
 
 

@@ -90,6 +90,11 @@ def _valid(tmp_path) -> ml_collections.ConfigDict:
     ("precision", "fp8", r"precision 'fp8' is not supported: use one of fp32, tf32, bf16, fp16"),
     ("data.backend", "pil", r"data.backend 'pil' is not supported: use one of dali_gpu"),
     ("mode", "test", r"mode 'test' is not supported: use one of train, eval"),
+    ("lr_schedule_unit", "iter", r"lr_schedule_unit 'iter' is not supported: use one of step, "
+     r"epoch"),
+    ("weight_decay_rule", "all", r"weight_decay_rule 'all' is not supported: use one of "
+     r"kernels, not_bn"),
+    ("ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\): 0 turns the EMA off"),
 ])
 def test_bad_choice_names_value_and_fix(tmp_path, field, value, message):
     config = _valid(tmp_path)

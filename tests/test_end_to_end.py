@@ -72,9 +72,13 @@ def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path,
     assert "holds arch='resnet_tiny' but the config has arch='resnet50_v15'" in error_line(result)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
 
-    result, output = _run(workdir, data_root, "--config.num_epochs=3", "--config.precision=fp16")
+    # Resumed with an EMA of the weights, which the checkpoint does not have yet.
+    result, output = _run(workdir, data_root, "--config.num_epochs=3", "--config.precision=fp16",
+                          "--config.ema_decay=0.9")
     assert result.returncode == 0, output
     assert "resumed from" in output and "at step 8" in output
+    assert "checkpoint 8 has no EMA of the weights: it starts from them now" in output
+    assert "eval epoch 3: top1" in output and " | EMA: top1 " in output
     steps = [r["step"] for r in _records(workdir) if "train/loss" in r]
     assert steps == [2, 4, 6, 8, 10, 12]  # resumed at 8, not from scratch
     assert "12" in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -87,6 +91,12 @@ def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path,
     assert "(step 12, resnet_tiny)" in output and "on 15 images" in output
     last_eval = [r for r in _records(workdir) if "eval/top1" in r][-1]
     assert f"top1 {100 * last_eval['eval/top1']:.2f}%" in output
+    # The moving average, evaluated from the checkpoint: what the training's eval found.
+    result, output = _run(workdir, data_root, "--config.mode=eval", "--config.precision=fp16",
+                          "--config.eval_ema=true")
+    assert result.returncode == 0, output
+    assert "(step 12, resnet_tiny, EMA of the weights)" in output
+    assert f"top1 {100 * last_eval['eval/top1_ema']:.2f}%" in output
 
     # An older checkpoint, named by its step folder, from outside the workdir.
     step_8 = os.path.join(workdir, "checkpoints", "8")
@@ -94,6 +104,9 @@ def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path,
                           "--config.precision=fp16", f"--config.checkpoint={step_8}")
     assert result.returncode == 0, output
     assert "(step 8, resnet_tiny)" in output
+    result, _ = _run(str(tmp_path / "elsewhere"), data_root, "--config.mode=eval",
+                     f"--config.checkpoint={step_8}", "--config.eval_ema=true")
+    assert "(step 8) holds no EMA of the weights: drop the EMA option" in error_line(result)
     eval_at_8 = [r for r in _records(workdir) if "eval/top1" in r][1]
     assert eval_at_8["step"] == 8
     assert f"top1 {100 * eval_at_8['eval/top1']:.2f}%" in output

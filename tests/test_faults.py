@@ -30,9 +30,10 @@ def data_root(demo_root):
 
 
 def _command(workdir, data_root, *overrides):
+    # With an EMA of the weights: it too must resume exactly.
     return main_command(workdir, data_root, "--config.num_epochs=3", "--config.warmup_epochs=1",
                         "--config.log_every_steps=1", "--config.deterministic=true",
-                        "--config.data.num_threads=2", *overrides)
+                        "--config.data.num_threads=2", "--config.ema_decay=0.9", *overrides)
 
 
 def _run(workdir, data_root, *overrides):
@@ -55,7 +56,9 @@ def _run_until_step(workdir, data_root, step, sig):
 
 
 def _final(workdir):
-    return final_variables(workdir)
+    """(step, the weights, their moving average)."""
+    step, variables = final_variables(workdir)
+    return step, variables, final_variables(workdir, ema=True)[1]
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,7 @@ def uninterrupted(tmp_path_factory, data_root):
 def _assert_identical(got, want):
     assert got[0] == want[0] == TOTAL_STEPS
     assert_same_variables(got[1], want[1])
+    assert_same_variables(got[2], want[2])  # the EMA too
 
 
 def _committed_steps(workdir):

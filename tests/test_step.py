@@ -16,7 +16,7 @@ NUM_CLASSES, SIZE, BATCH = 5, 32, 16
 
 
 def _setup(num_devices, *, sync_bn=False, dtype=jnp.float32, fp16=False, lr=0.05, wd=1e-4,
-           accumulation_steps=1, mixup_alpha=0.0, **model_kwargs):
+           accumulation_steps=1, mixup_alpha=0.0, ema_decay=0.0, **model_kwargs):
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
     model = models.create("resnet_tiny", num_classes=NUM_CLASSES, dtype=dtype,
                           bn_axis_name="data" if sync_bn else None, **model_kwargs)
@@ -24,12 +24,12 @@ def _setup(num_devices, *, sync_bn=False, dtype=jnp.float32, fp16=False, lr=0.05
     tx = optimizer.create(schedule, momentum=0.875, nesterov=False, weight_decay=wd)
     state = jax.jit(
         lambda key: state_lib.create(model, tx, key, image_size=SIZE,
-                                     loss_scale=2.0**16 if fp16 else 1.0),
+                                     loss_scale=2.0**16 if fp16 else 1.0, ema=ema_decay > 0),
         out_shardings=parallel.replicated(mesh))(jax.random.key(0))
     train_step = step_lib.make_train_step(
         model, tx, schedule, mesh, num_classes=NUM_CLASSES, label_smoothing=0.1,
         mixup_alpha=mixup_alpha, fp16=fp16, loss_scale_growth_interval=3, seed=0,
-        accumulation_steps=accumulation_steps)
+        accumulation_steps=accumulation_steps, ema_decay=ema_decay)
     return mesh, model, state, train_step
 
 
@@ -175,3 +175,28 @@ def test_mixup_mixes_images_and_targets_with_one_weight():
     np.testing.assert_allclose(mixed[:, 0, 0, 0], lam * images[:, 0, 0, 0]
                                + (1 - lam) * images[::-1, 0, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(mixed_targets.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_ema_follows_nvidias_formula():
+    """NVIDIA's EMA: after update t (0-based), mu = min(decay, (1+t)/(10+t)) and
+    ema = mu*ema + (1-mu)*weights, BN statistics included; it starts as the initial weights."""
+    decay = 0.6  # reached at t = 13: both regimes of min() within 25 steps
+    mesh, _, state, train_step = _setup(2, ema_decay=decay)
+    reference = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    assert_tree_equal(jax.device_get(state.ema), reference)
+    mus = []
+    for t in range(25):
+        state, _ = train_step(state, _batch(mesh, seed=t))
+        weights = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        mu = min(decay, (1.0 + t) / (10.0 + t))
+        mus.append(mu)
+        reference = jax.tree.map(lambda e, w, mu=mu: mu * e + (1 - mu) * w, reference, weights)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 jax.device_get(state.ema), reference)
+    assert mus[0] == 0.1 and mus[12] < decay == mus[13] == mus[-1]
+    ema, params = jax.device_get(state.ema["params"]), jax.device_get(state.params)
+    assert not np.allclose(ema["fc"]["kernel"], params["fc"]["kernel"])  # an average, not a copy
+
+
+def assert_tree_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)

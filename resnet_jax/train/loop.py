@@ -99,7 +99,8 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
     replicated = parallel.replicated(mesh)
     state = jax.jit(
         functools.partial(state_lib.create, model, tx, image_size=config.image_size,
-                          loss_scale=config.loss_scale_init if config.precision == "fp16" else 1.0),
+                          loss_scale=config.loss_scale_init if config.precision == "fp16" else 1.0,
+                          ema=config.ema_decay > 0),
         out_shardings=replicated,
     )(jax.random.key(config.seed))
     train_step = step_lib.make_train_step(
@@ -107,7 +108,7 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
         label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
         fp16=config.precision == "fp16",
         loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed,
-        accumulation_steps=accumulation)
+        accumulation_steps=accumulation, ema_decay=config.ema_decay)
     eval_step = step_lib.make_eval_step(models.build(config, train=False), mesh)
 
     # --- checkpoint: resume, or start from init_checkpoint -----------------------------------
@@ -124,7 +125,7 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
     meta = {"arch": config.arch, "num_classes": config.num_classes,
             "class_names": data.class_names, "image_size": config.image_size,
             "eval_resize_size": config.eval_resize_size,
-            "eval_antialias": config.eval_antialias,
+            "eval_antialias": config.eval_antialias, "ema_decay": config.ema_decay,
             "eval_image_size": config.eval_image_size, "precision": config.precision}
     return TrainRun(config=config, workdir=workdir, mesh=mesh, data=data, state=state,
                     train_step=train_step, eval_step=eval_step, train_batch=train_batch,
@@ -213,9 +214,16 @@ def train_loop(run: TrainRun) -> dict:
                         if evaluate_now:
                             eval_metrics = evaluate(run.eval_step, state.params,
                                                     state.batch_stats, run.data.eval)
+                            line = _format_eval(eval_metrics)
+                            if state.ema is not None:  # the moving average, beside the model
+                                ema = evaluate(run.eval_step, state.ema["params"],
+                                               state.ema["batch_stats"], run.data.eval)
+                                line += f" | EMA: {_format_eval(ema)}"
+                                eval_metrics.update({f"{k}_ema": v for k, v in ema.items()
+                                                     if k != "images"})
                             writer.write_scalars(
                                 step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                            reporting.log(f"eval epoch {epoch}: {_format_eval(eval_metrics)}")
+                            reporting.log(f"eval epoch {epoch}: {line}")
                         if save_now:
                             guard.check(step, ckpt)
                             ckpt.save(state, {**run.meta, "epoch": epoch,
@@ -357,10 +365,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     parallel.log_devices()
     model = models.build(config, train=False)
     variables = saved.restore_model(state_lib.abstract_variables(config.arch, config.num_classes),
-                                    parallel.replicated(mesh))
+                                    parallel.replicated(mesh), ema=config.eval_ema)
     metrics = evaluate(step_lib.make_eval_step(model, mesh), variables["params"],
                        variables["batch_stats"], data.eval)
-    reporting.log(f"eval of {path} (step {saved.step}, {config.arch}): {_format_eval(metrics)}")
+    which = ", EMA of the weights" if config.eval_ema else ""
+    reporting.log(f"eval of {path} (step {saved.step}, {config.arch}{which}): "
+                  f"{_format_eval(metrics)}")
     return metrics
 
 

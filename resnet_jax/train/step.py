@@ -15,7 +15,7 @@ import optax
 
 from resnet_jax.parallel import AXIS, batch_sharded, replicated
 from resnet_jax.train import precision
-from resnet_jax.train.state import TrainState
+from resnet_jax.train.state import TrainState, update_ema
 
 
 def smoothed_targets(labels, num_classes: int, smoothing: float):
@@ -38,7 +38,7 @@ def mixup(rng, images, targets, alpha: float):
 
 def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smoothing: float,
                     mixup_alpha: float, fp16: bool, loss_scale_growth_interval: int, seed: int,
-                    accumulation_steps: int = 1):
+                    accumulation_steps: int = 1, ema_decay: float = 0.0):
     """Returns `train_step(state, batch) -> (state, metrics)`, jitted, the state donated.
 
     With `accumulation_steps` k > 1 each device splits its part of the batch
@@ -46,6 +46,10 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
     micro-batch in memory at a time), and averages their gradients and BN
     statistics before the one optimizer update: the same update as a step on
     k times the devices, each with one micro-batch.
+
+    A state with `ema` (see state.update_ema) has its moving average updated
+    after every step with `ema_decay`, as NVIDIA's --use-ema does (also after
+    a non-finite step, which leaves the weights as they were).
     """
     base_key = jax.random.key(seed)
 
@@ -109,9 +113,12 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
         )
         metrics = dict(metrics, learning_rate=schedule(state.step), loss_scale=state.loss_scale,
                        grads_finite=finite.astype(jnp.float32))
+        ema = state.ema
+        if ema is not None:
+            ema = update_ema(ema, params, batch_stats, ema_decay, state.step)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state, loss_scale=loss_scale,
-                                  good_steps=good_steps)
+                                  good_steps=good_steps, ema=ema)
         return new_state, metrics
 
     return jax.jit(
