@@ -16,6 +16,7 @@ import ml_collections
 from resnet_jax import models
 from resnet_jax.data import BACKENDS
 from resnet_jax.errors import ConfigError
+from resnet_jax.models.resnet import CONV_INITS
 from resnet_jax.train import optimizer
 from resnet_jax.train.precision import PRECISIONS
 
@@ -44,8 +45,8 @@ def defaults() -> ml_collections.ConfigDict:
     config.momentum = 0.0
     config.nesterov = False
     config.weight_decay = 0.0
-    # Which parameters are decayed: 'kernels' (conv and dense kernels) or 'not_bn' (NVIDIA's
-    # PyTorch rule: every parameter whose PyTorch name lacks "bn").
+    # Which parameters are decayed: 'kernels' (conv and dense kernels), 'not_bn' (NVIDIA's
+    # PyTorch rule: every parameter whose PyTorch name lacks "bn"), 'all' (NVIDIA's MXNet).
     config.weight_decay_rule = "kernels"
     # The warmup + cosine schedule changes every 'step' (NVIDIA's MXNet) or every 'epoch'
     # (NVIDIA's PyTorch lr_cosine_policy); warmup starts at 0 (MXNet) or one unit in (PyTorch).
@@ -57,10 +58,13 @@ def defaults() -> ml_collections.ConfigDict:
     config.eval_resize_size = 0
     config.eval_image_size = 0
     config.eval_antialias = True  # antialiased eval resize (DALI); NVIDIA's PyTorch: False
+    config.train_antialias = False  # the train crop's resize: NVIDIA's PyTorch False, MXNet True
+    config.crop_attempts = 100  # random-resized-crop draws: NVIDIA's PyTorch 100, MXNet 10
     config.precision = ""  # fp32 | tf32 | bf16 | fp16 (fp16 uses dynamic loss scaling)
     config.model = ml_collections.ConfigDict()
-    config.model.conv_init = "fan_out"
+    config.model.conv_init = "fan_out"  # fan_in | fan_out (Kaiming-normal) | mxnet (Xavier)
     config.model.zero_init_last_bn = True
+    config.model.zero_var_last_bn = False  # running variance 0 in each block's last BN
     config.model.bn_momentum = 0.0
     config.model.bn_epsilon = 0.0
     # False: BN statistics per device, as NVIDIA trains. True: over the global batch.
@@ -153,7 +157,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice("mode", config.mode, MODES)
     _choice("lr_schedule_unit", config.lr_schedule_unit, optimizer.SCHEDULE_UNITS)
     _choice("weight_decay_rule", config.weight_decay_rule, optimizer.WEIGHT_DECAY_RULES)
+    _choice("model.conv_init", config.model.conv_init, CONV_INITS)
     for name in ("num_classes", "image_size", "eval_image_size", "eval_resize_size",
+                 "crop_attempts",
                  "num_epochs", "per_device_batch_size", "base_learning_rate",
                  "model.bn_momentum", "model.bn_epsilon"):
         value = config.model[name[6:]] if name.startswith("model.") else config[name]

@@ -92,8 +92,10 @@ def _valid(tmp_path) -> ml_collections.ConfigDict:
     ("mode", "test", r"mode 'test' is not supported: use one of train, eval"),
     ("lr_schedule_unit", "iter", r"lr_schedule_unit 'iter' is not supported: use one of step, "
      r"epoch"),
-    ("weight_decay_rule", "all", r"weight_decay_rule 'all' is not supported: use one of "
-     r"kernels, not_bn"),
+    ("weight_decay_rule", "bn", r"weight_decay_rule 'bn' is not supported: use one of "
+     r"kernels, not_bn, all"),
+    ("model.conv_init", "xavier", r"model.conv_init 'xavier' is not supported: use one of "
+     r"fan_in, fan_out, mxnet"),
     ("ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\): 0 turns the EMA off"),
 ])
 def test_bad_choice_names_value_and_fix(tmp_path, field, value, message):

@@ -259,6 +259,18 @@ def test_crop_window_is_the_first_draw_that_fits():
     assert tuple(got[2]) == (67, 50, 0.5, 0.5) and tuple(got[3]) == (40, 53, 0.5, 0.5)
 
 
+def test_mxnet_augmentation_switches(root):
+    """crop_attempts=10 and an antialiased resize (NVIDIA's MXNet pipeline) run, and differ."""
+    split = scan_split(root, "train")
+    common = dict(global_batch_size=8, image_size=32, image_dtype=np.float32, mesh=mesh_of(1),
+                  seed=0, backend="dali_cpu", num_threads=1)
+    pytorch = np.asarray(next(dali.train_iterator(split, **common))["images"])
+    mxnet = np.asarray(next(dali.train_iterator(split, crop_attempts=10, antialias=True,
+                                                **common))["images"])
+    assert pytorch.shape == mxnet.shape == (8, 32, 32, 3)
+    assert not np.array_equal(pytorch, mxnet)
+
+
 @pytest.mark.parametrize("num_devices", [8, 1])
 def test_eval_iterator_counts_each_image_once(root, num_devices):
     split = scan_split(root, "val")  # 15 images: not a multiple of the batch of 8

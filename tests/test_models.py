@@ -9,6 +9,7 @@ import pytest
 from resnet_jax import models
 from resnet_jax.errors import ConfigError
 from resnet_jax.models import flops
+from resnet_jax.train import state as state_lib
 
 
 def _abstract_variables(model, size=224):
@@ -108,6 +109,26 @@ def test_se_gate_init_follows_its_source():
     assert timm["reduce"]["kernel"].shape == (1, 1, 64, 4)
     assert not np.any(timm["reduce"]["bias"]) and not np.any(timm["expand"]["bias"])
     assert np.asarray(timm["expand"]["kernel"]).std() == pytest.approx(np.sqrt(2 / 64), rel=0.2)
+
+
+def test_mxnet_init_is_nvidias_xavier_with_zero_last_bn():
+    """NVIDIA's MXNet ResNet: Xavier gaussian, factor 'in', magnitude 2*sqrt(groups) for
+    convolutions and the classifier (zero bias); gamma and running variance 0 on the last BN."""
+    model = models.create("resnext101_32x4d", num_classes=10, conv_init="mxnet",
+                          zero_var_last_bn=True)
+    variables = jax.jit(lambda: state_lib.init_variables(model, jax.random.key(0), 32))()
+    params, stats = variables["params"], variables["batch_stats"]
+    grouped = np.asarray(params["layer3_1"]["conv2"]["kernel"])  # 3x3, 32 groups of 16
+    assert grouped.shape == (3, 3, 16, 512)
+    assert grouped.std() == pytest.approx(np.sqrt(2 * np.sqrt(32) / (9 * 16)), rel=0.02)
+    plain = np.asarray(params["layer3_1"]["conv1"]["kernel"])  # 1x1, 1024 inputs
+    assert plain.std() == pytest.approx(np.sqrt(2 / 1024), rel=0.02)
+    assert np.asarray(params["fc"]["kernel"]).std() == pytest.approx(np.sqrt(2 / 2048), rel=0.05)
+    assert not np.any(params["fc"]["bias"])
+    for name, block in stats.items():
+        if name.startswith("layer"):
+            assert not np.any(block["bn3"]["var"]) and np.all(block["bn2"]["var"] == 1), name
+            assert not np.any(params[name]["bn3"]["scale"]), name
 
 
 def test_batch_norm_uses_nvidia_momentum_and_epsilon():

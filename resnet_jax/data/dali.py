@@ -100,10 +100,11 @@ def _labels_out(labels, on_gpu: bool):
     return labels.gpu() if on_gpu else labels
 
 
-# NVIDIA's random-resized crop (the arguments of DALI's image_random_crop in NVIDIA's
-# pipelines): a window of U(8%, 100%) of the image's area and an aspect ratio drawn
-# log-uniformly from [3/4, 4/3], placed uniformly; up to 100 draws for one that fits, else
-# the whole image, cut to the nearest aspect ratio in range and centered.
+# NVIDIA's random-resized crop (DALI's image_random_crop in NVIDIA's pipelines): a window
+# of U(8%, 100%) of the image's area and an aspect ratio drawn log-uniformly from [3/4, 4/3],
+# placed uniformly; up to ATTEMPTS draws for one that fits (NVIDIA's PyTorch pipeline asks
+# for 100, its MXNet one keeps DALI's default, 10), else the whole image, cut to the
+# nearest aspect ratio in range and centered.
 AREA = (0.08, 1.0)
 ASPECT = (3.0 / 4.0, 4.0 / 3.0)
 ATTEMPTS = 100
@@ -121,10 +122,12 @@ class TrainOrder:
     batch is the same whatever the number of pipelines, devices or processes.
     """
 
-    def __init__(self, split: Split, *, global_batch_size: int, seed: int):
+    def __init__(self, split: Split, *, global_batch_size: int, seed: int,
+                 attempts: int = ATTEMPTS):
         self.split = split
         self.global_batch_size = global_batch_size
         self.seed = seed
+        self.attempts = attempts
         self.steps_per_epoch = config_lib.steps_per_epoch(len(split), global_batch_size)
         self._permutation = (None, None)
         self._draws = {}  # batch index -> its random numbers, shared by the pipelines
@@ -137,34 +140,34 @@ class TrainOrder:
         return self._permutation[1]
 
     def draws(self, index: int) -> np.ndarray:
-        """Uniform [0, 1) float32 numbers for batch `index`: (B, 2*ATTEMPTS + 3)."""
+        """Uniform [0, 1) float32 numbers for batch `index`: (B, 2*attempts + 3)."""
         if index not in self._draws:
             if len(self._draws) >= 64:  # the pipelines of a process ask for a few batches
                 self._draws.pop(min(self._draws))
             epoch, step = divmod(index, self.steps_per_epoch)
             rng = np.random.default_rng([self.seed, 1, epoch, step])
-            self._draws[index] = rng.random((self.global_batch_size, 2 * ATTEMPTS + 3),
-                                            dtype=np.float32)
+            self._draws[index] = rng.random(
+                (self.global_batch_size, 2 * self.attempts + 3), dtype=np.float32)
         return self._draws[index]
 
     def rows(self, index: int, start: int, stop: int) -> tuple:
         """Rows [start, stop) of batch `index`, as the training pipeline's inputs.
 
         (file names as UTF-8 bytes, labels, area fractions and log aspect
-        ratios (rows x ATTEMPTS), window positions x and y in [0, 1), flips).
+        ratios (rows x attempts), window positions x and y in [0, 1), flips).
         """
         epoch, step = divmod(index, self.steps_per_epoch)
         first = step * self.global_batch_size
         images = self.permutation(epoch)[first + start:first + stop]
-        u = self.draws(index)[start:stop]
+        u, k = self.draws(index)[start:stop], self.attempts
         low, high = np.log(np.float32(ASPECT[0])), np.log(np.float32(ASPECT[1]))
         # DALI takes densely packed batches: each column block is copied out.
         return ([np.frombuffer(self.split.files[i].encode(), np.uint8) for i in images],
                 self.split.labels[images].astype(np.int32),
-                AREA[0] + (AREA[1] - AREA[0]) * u[:, :ATTEMPTS],
-                low + (high - low) * u[:, ATTEMPTS:2 * ATTEMPTS],
-                u[:, 2 * ATTEMPTS].copy(), u[:, 2 * ATTEMPTS + 1].copy(),
-                (u[:, 2 * ATTEMPTS + 2] < 0.5).astype(np.int32))
+                AREA[0] + (AREA[1] - AREA[0]) * u[:, :k],
+                low + (high - low) * u[:, k:2 * k],
+                u[:, 2 * k].copy(), u[:, 2 * k + 1].copy(),
+                (u[:, 2 * k + 2] < 0.5).astype(np.int32))
 
 
 class _ShardFeed:
@@ -187,10 +190,10 @@ _FEED_TYPES = [types.UINT8, types.INT32, types.FLOAT, types.FLOAT, types.FLOAT, 
                types.INT32]
 
 
-def crop_window(shape, area, log_ratio, x, y):
+def crop_window(shape, area, log_ratio, x, y, attempts: int = ATTEMPTS):
     """The random-resized crop window for images of `shape` (H, W, C), as DALI graph nodes.
 
-    `area` and `log_ratio` hold ATTEMPTS draws per image; the first draw whose
+    `area` and `log_ratio` hold `attempts` draws per image; the first draw whose
     window fits the image wins, with the window's corner at (x, y) of the free
     room; when none fits, the centered fallback (see AREA above). Returns
     (width, height, x, y) for `fn.decoders.image_crop`.
@@ -201,7 +204,7 @@ def crop_window(shape, area, log_ratio, x, y):
     heights = dmath.floor(dmath.sqrt(area * height * width / ratio) + 0.5)
     fits = (widths <= width) & (heights <= height) & (widths > 0) & (heights > 0)
     # The first draw that fits has the highest rank; no draw fits when the best rank is 0.
-    rank = fits * types.Constant(np.arange(ATTEMPTS, 0, -1, dtype=np.float32))
+    rank = fits * types.Constant(np.arange(attempts, 0, -1, dtype=np.float32))
     best = fn.reductions.max(rank)
     chosen = (rank == best) & fits
     found = best > 0
@@ -213,12 +216,12 @@ def crop_window(shape, area, log_ratio, x, y):
 
 
 @pipeline_def
-def _train_pipeline(feed, *, image_size, dtype, on_gpu):
+def _train_pipeline(feed, *, image_size, dtype, on_gpu, antialias=False):
     names, labels, area, log_ratio, x, y, flip = fn.external_source(
         source=feed, num_outputs=len(_FEED_TYPES), batch=True, dtype=_FEED_TYPES)
     jpegs = fn.io.file.read(names)
     width, height, x, y = crop_window(fn.peek_image_shape(jpegs, dtype=types.FLOAT),
-                                      area, log_ratio, x, y)
+                                      area, log_ratio, x, y, feed.order.attempts)
     window = dict(crop_w=width, crop_h=height, crop_pos_x=x, crop_pos_y=y)
     if on_gpu:
         images = fn.decoders.image_crop(jpegs, device="mixed", output_type=types.RGB,
@@ -226,7 +229,7 @@ def _train_pipeline(feed, *, image_size, dtype, on_gpu):
     else:
         images = fn.decoders.image_crop(jpegs, device="cpu", output_type=types.RGB, **window)
     images = fn.resize(images, resize_x=image_size, resize_y=image_size,
-                       interp_type=types.INTERP_LINEAR, antialias=False)
+                       interp_type=types.INTERP_LINEAR, antialias=antialias)
     images = fn.crop_mirror_normalize(
         images, dtype=dtype, output_layout="HWC", mean=list(MEAN), std=list(STD), mirror=flip)
     return images, labels.gpu() if on_gpu else labels
@@ -272,13 +275,14 @@ def preprocess_files(files: list[str], *, resize_size: int, image_size: int, ima
 
 
 def single_train_pipeline(split: Split, *, batch_size: int, image_size: int, image_dtype,
-                          on_gpu: bool, num_threads: int, seed: int = 0):
+                          on_gpu: bool, num_threads: int, seed: int = 0,
+                          crop_attempts: int = ATTEMPTS, antialias: bool = False):
     """The training pipeline over all of `split` for one device, built, endless: for another
     framework's loader (the benchmark's PyTorch reference) or for timing it alone."""
-    feed = _ShardFeed(TrainOrder(split, global_batch_size=batch_size, seed=seed), shard=0,
-                      num_shards=1, start=0)
+    order = TrainOrder(split, global_batch_size=batch_size, seed=seed, attempts=crop_attempts)
+    feed = _ShardFeed(order, shard=0, num_shards=1, start=0)
     pipe = _train_pipeline(feed, image_size=image_size, dtype=_dali_dtype(image_dtype),
-                           on_gpu=on_gpu, batch_size=batch_size,
+                           on_gpu=on_gpu, antialias=antialias, batch_size=batch_size,
                            device_id=0 if on_gpu else None, num_threads=num_threads)
     pipe.build()
     return pipe
@@ -291,12 +295,14 @@ def _run_cpu(pipe):
 
 
 def train_iterator(split: Split, *, global_batch_size: int, image_size: int, image_dtype,
-                   mesh: Mesh, seed: int, backend: str, num_threads: int,
-                   start: int = 0) -> Iterator[dict]:
+                   mesh: Mesh, seed: int, backend: str, num_threads: int, start: int = 0,
+                   crop_attempts: int = ATTEMPTS, antialias: bool = False) -> Iterator[dict]:
     """The stream of augmented training batches from batch `start` on, sharded over 'data'.
 
-    Random-resized crop (area 8%-100%, aspect 3/4-4/3), resize to image_size,
-    random horizontal flip, normalization: NVIDIA's DALI ResNet50 recipe. An
+    Random-resized crop (area 8%-100%, aspect 3/4-4/3, `crop_attempts` draws),
+    resize to image_size (`antialias`: DALI's antialiased resize, NVIDIA's
+    MXNet pipeline; its PyTorch one turns it off), random horizontal flip,
+    normalization: NVIDIA's DALI ResNet50 recipe. An
     epoch is `config.steps_per_epoch(len(split), global_batch_size)` batches,
     each epoch a new order of the images. What batch g holds depends on
     (seed, g) alone (see TrainOrder), so a run resumed at batch g (`start=g`)
@@ -313,15 +319,18 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
     return _train_stream(split, global_batch_size=global_batch_size, image_size=image_size,
                          dtype=_dali_dtype(image_dtype), mesh=mesh, seed=seed, start=start,
                          num_threads=num_threads, per_device=backend == "dali_gpu",
-                         on_gpu=backend == "dali_gpu")
+                         on_gpu=backend == "dali_gpu", crop_attempts=crop_attempts,
+                         antialias=antialias)
 
 
 def _train_stream(split: Split, *, global_batch_size: int, image_size: int, dtype, mesh: Mesh,
                   seed: int, start: int, num_threads: int, per_device: bool,
-                  on_gpu: bool) -> Iterator[dict]:
+                  on_gpu: bool, crop_attempts: int = ATTEMPTS,
+                  antialias: bool = False) -> Iterator[dict]:
     """train_iterator's pipelines: one per local device of the mesh (`per_device`, as on
     GPUs, where each decodes on its GPU), else one per process split over its devices."""
-    order = TrainOrder(split, global_batch_size=global_batch_size, seed=seed)
+    order = TrainOrder(split, global_batch_size=global_batch_size, seed=seed,
+                       attempts=crop_attempts)
     sharding = batch_sharded(mesh)
     if per_device:
         # A pipeline per device, fed the device's rows: its place in the mesh.
@@ -336,7 +345,8 @@ def _train_stream(split: Split, *, global_batch_size: int, image_size: int, dtyp
     for shard, _, device_id in shards:
         feed = _ShardFeed(order, shard=shard, num_shards=num_shards, start=start)
         pipe = _train_pipeline(feed, image_size=image_size, dtype=dtype, on_gpu=on_gpu,
-                               batch_size=batch, device_id=device_id, num_threads=num_threads)
+                               antialias=antialias, batch_size=batch, device_id=device_id,
+                               num_threads=num_threads)
         # One iterator per pipeline: DALI's own runs endless streams of one pipeline only.
         iterators.append(DALIGenericIterator([pipe], ["images", "labels"]))
 

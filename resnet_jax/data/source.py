@@ -82,7 +82,8 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
         train=lambda start: dali.train_iterator(
             train, global_batch_size=train_batch, image_size=config.image_size,
             image_dtype=image_dtype, mesh=mesh, seed=config.seed, backend=config.data.backend,
-            num_threads=threads, start=start),
+            num_threads=threads, start=start, crop_attempts=config.crop_attempts,
+            antialias=config.train_antialias),
         eval=None if val is None else dali.eval_iterator(
             val, global_batch_size=eval_batch, resize_size=config.eval_resize_size,
             antialias=config.eval_antialias,

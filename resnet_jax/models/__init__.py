@@ -80,6 +80,7 @@ def build(config, *, train: bool = True) -> ResNet:
         config.arch, num_classes=config.num_classes,
         dtype=precision.compute_dtype(config.precision),
         conv_init=config.model.conv_init, zero_init_last_bn=config.model.zero_init_last_bn,
+        zero_var_last_bn=config.model.zero_var_last_bn,
         bn_momentum=config.model.bn_momentum, bn_epsilon=config.model.bn_epsilon,
         bn_axis_name=AXIS if sync else None,
     )

@@ -19,10 +19,21 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 
-def conv_kernel_init(mode: str):
-    """Kaiming-normal (He) initialisation for ReLU networks, untruncated as in PyTorch."""
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"conv_init must be 'fan_in' or 'fan_out', got {mode!r}")
+CONV_INITS = ("fan_in", "fan_out", "mxnet")
+
+
+def conv_kernel_init(mode: str, groups: int = 1):
+    """Kaiming-normal (He) initialisation for ReLU networks, untruncated as in PyTorch.
+
+    'mxnet': NVIDIA's MXNet ResNet (models.py, `Xavier(rnd_type='gaussian',
+    factor_type='in', magnitude=2 * groups**0.5)`): a normal of variance
+    2*sqrt(groups)/fan_in, fan_in counting the inputs of one group; for
+    ungrouped layers the same as 'fan_in'.
+    """
+    if mode not in CONV_INITS:
+        raise ValueError(f"conv_init must be one of {', '.join(CONV_INITS)}, got {mode!r}")
+    if mode == "mxnet":
+        return nn.initializers.variance_scaling(2.0 * groups**0.5, "fan_in", "normal")
     return nn.initializers.variance_scaling(2.0, mode, "normal")
 
 
@@ -78,12 +89,16 @@ class Bottleneck(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     zero_init_last_bn: bool
+    grouped_init: Any = None  # groups -> kernel init of the grouped 3x3, or None
 
     @nn.compact
     def __call__(self, x):
         residual = x
         y = self.conv(self.width, (1, 1), name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
+        grouped = {}
+        if self.grouped_init is not None:  # an init that depends on the group count
+            grouped = dict(kernel_init=self.grouped_init(self.groups))
         y = self.conv(
             self.width,
             (3, 3),
@@ -91,6 +106,7 @@ class Bottleneck(nn.Module):
             padding=((1, 1), (1, 1)),
             feature_group_count=self.groups,
             name="conv2",
+            **grouped,
         )(y)
         y = nn.relu(self.norm(name="bn2")(y))
         y = self.conv(self.out_channels, (1, 1), name="conv3")(y)
@@ -129,8 +145,11 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
-    conv_init: str = "fan_out"
+    conv_init: str = "fan_out"  # see conv_kernel_init; 'mxnet' also sets the classifier's init
     zero_init_last_bn: bool = True
+    # MXNet's ResNet also starts the running variance of each block's last BN at 0
+    # (running_variance_initializer = its gamma initializer); see state.init_variables.
+    zero_var_last_bn: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -168,17 +187,24 @@ class ResNet(nn.Module):
                     conv=conv,
                     norm=norm,
                     zero_init_last_bn=self.zero_init_last_bn,
+                    grouped_init=(functools.partial(conv_kernel_init, "mxnet")
+                                  if self.conv_init == "mxnet" else None),
                     name=f"layer{stage + 1}_{block}",
                 )(x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         features = x.shape[-1]
+        if self.conv_init == "mxnet":  # MXNet's Dense: the Xavier init above, zero bias
+            fc_init = dict(kernel_init=conv_kernel_init("mxnet"),
+                           bias_init=nn.initializers.zeros)
+        else:  # PyTorch's nn.Linear
+            fc_init = dict(kernel_init=torch_linear_init(features),
+                           bias_init=torch_linear_init(features))
         x = nn.Dense(
             self.num_classes,
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            kernel_init=torch_linear_init(features),
-            bias_init=torch_linear_init(features),
             name="fc",
+            **fc_init,
         )(x.astype(self.dtype))
         # The loss and softmax run in fp32 whatever the compute precision.
         return x.astype(jnp.float32)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 
 SCHEDULE_UNITS = ("step", "epoch")
-WEIGHT_DECAY_RULES = ("kernels", "not_bn")
+WEIGHT_DECAY_RULES = ("kernels", "not_bn", "all")
 
 
 def warmup_cosine(peak: float, warmup_steps: int, total_steps: int):
@@ -56,10 +56,14 @@ def decay_mask(params, rule: str = "kernels"):
     'not_bn': NVIDIA's PyTorch rule (`optimizers.py`, bn_weight_decay=False):
     every parameter whose PyTorch name lacks "bn", so the downsample BN
     (`downsample.1.*`), the classifier bias and the SE biases are decayed too.
+    'all': every parameter, BN scale and bias included: NVIDIA's MXNet
+    (fit.py passes `wd` to the optimizer and sets no `wd_mult`).
     """
     if rule not in WEIGHT_DECAY_RULES:
         raise ValueError(f"weight decay rule {rule!r}: use one of "
                          f"{', '.join(WEIGHT_DECAY_RULES)}")
+    if rule == "all":
+        return jax.tree.map(lambda _: True, params)
     if rule == "kernels":
         return jax.tree_util.tree_map_with_path(
             lambda path, _: getattr(path[-1], "key", None) == "kernel", params)

@@ -23,9 +23,21 @@ class TrainState:
 
 
 def init_variables(model, rng, image_size: int):
-    """Fresh {'params', 'batch_stats'} for `model` at `image_size`."""
+    """Fresh {'params', 'batch_stats'} for `model` at `image_size`.
+
+    A model with `zero_var_last_bn` gets running variance 0 in each block's
+    last BN (bn3), as NVIDIA's MXNet ResNet initialises it.
+    """
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return model.init(rng, dummy, train=False)
+    variables = model.init(rng, dummy, train=False)
+    if getattr(model, "zero_var_last_bn", False):
+        stats = dict(variables["batch_stats"])
+        for name, block in stats.items():
+            if "bn3" in block:
+                stats[name] = {**block, "bn3": {**block["bn3"],
+                                                "var": jnp.zeros_like(block["bn3"]["var"])}}
+        variables = {**variables, "batch_stats": stats}
+    return variables
 
 
 def create(model, tx, rng, *, image_size: int, loss_scale: float,
