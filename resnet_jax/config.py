@@ -46,7 +46,7 @@ def defaults() -> ml_collections.ConfigDict:
     config.nesterov = False
     config.weight_decay = 0.0
     # Which parameters are decayed: 'kernels' (conv and dense kernels), 'not_bn' (NVIDIA's
-    # PyTorch rule: every parameter whose PyTorch name lacks "bn"), 'all' (NVIDIA's MXNet).
+    # PyTorch rule: every parameter whose PyTorch name lacks "bn"), 'all' (every parameter).
     config.weight_decay_rule = "kernels"
     # The warmup + cosine schedule changes every 'step' (NVIDIA's MXNet) or every 'epoch'
     # (NVIDIA's PyTorch lr_cosine_policy); warmup starts at 0 (MXNet) or one unit in (PyTorch).

@@ -106,7 +106,7 @@ def test_nvidia_pytorch_weight_decay_rule_on_resnet50():
 
     assert decayed("not_bn") == 25_511_592  # all but bn1/bn2/bn3: downsample.1 is decayed
     assert decayed("kernels") == 25_557_032 - 53_120 - 1000  # no BN, no fc bias
-    assert decayed("all") == 25_557_032  # NVIDIA's MXNet: every trainable parameter
+    assert decayed("all") == 25_557_032  # every trainable parameter
     mask = optimizer.decay_mask(params, "not_bn")
     assert mask["layer1_0"]["downsample_bn"]["scale"] and mask["fc"]["bias"]
     assert not mask["layer1_0"]["bn3"]["scale"] and not mask["bn1"]["bias"]

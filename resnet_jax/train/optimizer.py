@@ -56,8 +56,9 @@ def decay_mask(params, rule: str = "kernels"):
     'not_bn': NVIDIA's PyTorch rule (`optimizers.py`, bn_weight_decay=False):
     every parameter whose PyTorch name lacks "bn", so the downsample BN
     (`downsample.1.*`), the classifier bias and the SE biases are decayed too.
-    'all': every parameter, BN scale and bias included: NVIDIA's MXNet
-    (fit.py passes `wd` to the optimizer and sets no `wd_mult`).
+    'all': every parameter, BN scale and bias included: what NVIDIA's MXNet
+    fit.py does as written (it passes `wd` to the optimizer and sets no
+    `wd_mult`), though that code's README says BN gamma/beta are not decayed.
     """
     if rule not in WEIGHT_DECAY_RULES:
         raise ValueError(f"weight decay rule {rule!r}: use one of "
