@@ -9,6 +9,7 @@ import pytest
 import torch  # a test dependency (pyproject's `test` extra); the converter itself needs none
 
 from resnet_jax import checkpoint, convert, models
+from resnet_jax.errors import ConfigError
 from resnet_jax.torch import convert as torch_convert
 from resnet_jax.torch import reference as ref
 from resnet_jax.torch.convert import ConversionError
@@ -189,3 +190,44 @@ def test_class_names_for_display():
     assert display_names({"num_classes": 1000, "class_names": []})[1] == "goldfish"
     assert display_names({"num_classes": 4, "class_names": ["cat", "dog"]}) == [
         "cat", "dog", "class 2", "class 3"]
+
+
+@pytest.mark.parametrize("arch, scheme", CASES, ids=[f"{a}-{s}" for a, s in CASES])
+def test_export_to_pytorch_round_trips_bit_exact(arch, scheme):
+    """PyTorch -> resnet_jax -> PyTorch gives back every tensor, and the model loads it
+    with strict=True."""
+    model, _, _ = _reference(arch, scheme)
+    state_dict = _numpy_state_dict(model)
+    back = torch_convert.flax_to_torch(arch, torch_convert.torch_to_flax(arch, state_dict),
+                                       naming=scheme)
+    assert sorted(back) == sorted(state_dict)
+    for key, value in state_dict.items():
+        assert back[key].shape == value.shape, key
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+    fresh = ref.ResNet(arch, scheme)
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
+
+
+def test_export_command_writes_a_state_dict_that_runs(tmp_path, capsys):
+    from resnet_jax import export
+
+    model, images, want = _reference("resnet_tiny", "nvidia", num_classes=3)
+    folder = str(tmp_path / "tiny")
+    convert.write_checkpoint(folder, "resnet_tiny",
+                             torch_convert.torch_to_flax("resnet_tiny", _numpy_state_dict(model)),
+                             source="test")
+    out = tmp_path / "tiny.pth"
+    assert export.main(["--checkpoint", folder, "--format", "torch", "--output", str(out),
+                        "--naming", "torchvision"]) == 0
+    assert "exported resnet_tiny: " in capsys.readouterr().out
+    loaded = ref.ResNet("resnet_tiny", "torchvision", 3)
+    loaded.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    with torch.no_grad():
+        got = loaded.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_array_equal(got, want)
+    # No moving average in a converted checkpoint; a timm SE network in NVIDIA's naming.
+    assert export.main(["--checkpoint", folder, "--format", "torch", "--output", str(out),
+                        "--ema"]) == 2
+    assert "holds no EMA of the weights" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="timm's SE gates: export it with --naming timm"):
+        torch_convert.flax_to_torch("seresnext101_32x4d", {}, naming="nvidia")

@@ -19,6 +19,7 @@ COMMANDS = [
     ["-m", "resnet_jax.main"],
     ["-m", "resnet_jax.classify"],
     ["-m", "resnet_jax.convert"],
+    ["-m", "resnet_jax.export"],
     ["-m", "resnet_jax.data.demo"],
     ["-m", "resnet_jax.data.prepare_imagenet"],
     [os.path.join(ROOT, "scripts", "benchmark.py")],

@@ -160,6 +160,57 @@ def _first(items: list[str], separator: str, shown: int = 6) -> str:
     return separator.join(items[:shown]) + more
 
 
+NAMINGS = ("nvidia", "nvidia_ngc", "nvidia_trt", "torchvision", "timm")
+
+
+def _named(key: str, naming: str) -> str:
+    """A torchvision/timm key ('layer1.0.se.fc1.weight') in another naming scheme."""
+    if naming in ("nvidia", "nvidia_trt"):
+        key = re.sub(r"^layer(\d+)\.", lambda m: f"layers.{int(m.group(1)) - 1}.", key)
+    if naming.startswith("nvidia"):
+        key = key.replace(".se.fc1.", ".squeeze.squeeze.").replace(".se.fc2.", ".squeeze.expand.")
+    return key
+
+
+def flax_to_torch(arch: str, variables: dict, *, naming: str = "nvidia") -> dict:
+    """A PyTorch state dict (numpy arrays) of `variables` in `naming`, `torch_to_flax` reversed.
+
+    'nvidia': NVIDIA ConvNets' models (stages `layers.0..3`, SE gates as
+    nn.Linear `squeeze.squeeze/expand`); 'nvidia_ngc': their NGC 20.06 keys
+    (`layer1..4`); 'nvidia_trt': SE gates as 1x1 convolutions; 'torchvision'
+    and 'timm': those libraries' keys. Every BN gets `num_batches_tracked` = 0,
+    so that `load_state_dict(strict=True)` takes the dict as it is. An SE
+    network goes out only in its own family's naming (NVIDIA's 16-unit gates
+    in the NVIDIA namings, timm's in 'timm').
+    """
+    arch = models.canonical(arch, flag="--arch")
+    if naming not in NAMINGS:
+        raise ConfigError(f"naming {naming!r} is not supported: use one of {', '.join(NAMINGS)}")
+    spec = models.SPECS[arch]
+    if spec.get("se_hidden") and not naming.startswith("nvidia"):
+        raise ConfigError(f"{arch} has NVIDIA's 16-unit SE gates: export it with --naming "
+                          "nvidia, nvidia_ngc or nvidia_trt")
+    if spec.get("se_reduction") and naming != "timm":
+        raise ConfigError(f"{arch} has timm's SE gates: export it with --naming timm")
+    out = {}
+    for collection in ("params", "batch_stats"):
+        for key_path, value in jax.tree_util.tree_flatten_with_path(variables[collection])[0]:
+            path = tuple(k.key for k in key_path)
+            value = np.asarray(value, np.float32)
+            if path[-1] == "kernel":
+                if "se" in path and naming in ("nvidia", "nvidia_ngc"):  # nn.Linear (out, in)
+                    value = value[0, 0].T
+                elif value.ndim == 4:  # HWIO -> OIHW
+                    value = value.transpose(3, 2, 0, 1)
+                else:  # dense (in, out) -> (out, in)
+                    value = value.T
+            key = _named(torch_key(path, collection), naming)
+            out[key] = np.ascontiguousarray(value)
+            if key.endswith(".running_var"):
+                out[key[:-len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
+    return out
+
+
 def path_str(path: tuple[str, ...]) -> str:
     """'layer1_0/conv1/kernel'."""
     return "/".join(path)
