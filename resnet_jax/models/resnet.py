@@ -89,16 +89,12 @@ class Bottleneck(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     zero_init_last_bn: bool
-    grouped_init: Any = None  # groups -> kernel init of the grouped 3x3, or None
 
     @nn.compact
     def __call__(self, x):
         residual = x
         y = self.conv(self.width, (1, 1), name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
-        grouped = {}
-        if self.grouped_init is not None:  # an init that depends on the group count
-            grouped = dict(kernel_init=self.grouped_init(self.groups))
         y = self.conv(
             self.width,
             (3, 3),
@@ -106,7 +102,6 @@ class Bottleneck(nn.Module):
             padding=((1, 1), (1, 1)),
             feature_group_count=self.groups,
             name="conv2",
-            **grouped,
         )(y)
         y = nn.relu(self.norm(name="bn2")(y))
         y = self.conv(self.out_channels, (1, 1), name="conv3")(y)
@@ -153,14 +148,14 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            padding="VALID",
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=conv_kernel_init(self.conv_init),
-        )
+        def conv(features, kernel_size, *, feature_group_count=1, use_bias=False,
+                 padding="VALID", kernel_init=None, **kwargs):
+            # The default kernel init knows the group count ('mxnet' scales with it); a layer
+            # may bring its own (the SE gates' nn.Linear init).
+            kernel_init = kernel_init or conv_kernel_init(self.conv_init, feature_group_count)
+            return nn.Conv(features, kernel_size, feature_group_count=feature_group_count,
+                           use_bias=use_bias, padding=padding, dtype=self.dtype,
+                           param_dtype=jnp.float32, kernel_init=kernel_init, **kwargs)
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -187,8 +182,6 @@ class ResNet(nn.Module):
                     conv=conv,
                     norm=norm,
                     zero_init_last_bn=self.zero_init_last_bn,
-                    grouped_init=(functools.partial(conv_kernel_init, "mxnet")
-                                  if self.conv_init == "mxnet" else None),
                     name=f"layer{stage + 1}_{block}",
                 )(x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
