@@ -17,14 +17,13 @@ how a checkpoint must fit the config (`resume`, `init_from`).
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
 from resnet_jax import reporting
 from resnet_jax.errors import ConfigError
-from resnet_jax.train.state import TrainState, abstract_variables
+from resnet_jax.train.state import TrainState, abstract_variables, ema_start
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -107,8 +106,7 @@ class Checkpointer:
         ema = restored["ema"] if with_ema else None
         if state.ema is not None and ema is None:
             reporting.log(f"checkpoint {step} has no EMA of the weights: it starts from them now")
-            # Copies: the train step donates every leaf of the state.
-            ema = jax.tree.map(jnp.copy, model)
+            ema = ema_start(model["params"], model["batch_stats"])
         return state.replace(params=model["params"], batch_stats=model["batch_stats"], ema=ema,
                              **train)
 
@@ -261,7 +259,6 @@ def init_from(config, state: TrainState, sharding) -> TrainState:
         params = {**params, "fc": state.params["fc"]}
         kept = f"all but fc (new fc for {config.num_classes} classes, was {num_classes})"
     reporting.log(f"initialised from {saved.directory}/{saved.step}: {kept}")
-    ema = state.ema
-    if ema is not None:  # the moving average starts from the weights trained from
-        ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": variables["batch_stats"]})
+    # The moving average starts from the weights training starts from.
+    ema = None if state.ema is None else ema_start(params, variables["batch_stats"])
     return state.replace(params=params, batch_stats=variables["batch_stats"], ema=ema)

@@ -55,8 +55,14 @@ def create(model, tx, rng, *, image_size: int, loss_scale: float,
         opt_state=tx.init(params),
         loss_scale=jnp.asarray(loss_scale, jnp.float32),
         good_steps=jnp.zeros((), jnp.int32),
-        ema=({"params": params, "batch_stats": variables["batch_stats"]} if ema else None),
+        ema=ema_start(params, variables["batch_stats"]) if ema else None,
     )
+
+
+def ema_start(params, batch_stats):
+    """The moving average as it starts: copies of the weights and BN statistics (copies,
+    since the train step donates every leaf of the state)."""
+    return jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
 
 
 def ema_decay(decay: float, step):
