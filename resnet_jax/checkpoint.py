@@ -200,13 +200,19 @@ def save_model(workdir: str, variables: dict, meta: dict, *, step: int = 0) -> s
 
 def check_compatible(saved: dict, config, where: str,
                      keys: tuple[str, ...] = ("arch", "num_classes")) -> None:
-    """A checkpoint fits this config only with the same arch and num_classes (`keys`)."""
+    """A checkpoint fits this config only with the same arch and num_classes (`keys`) and the
+    same padding (weights converted from TensorFlow need 'same')."""
     for key in keys:
         if saved.get(key) != config[key]:
             raise ConfigError(
                 f"{where} holds {key}={saved.get(key)!r} but the config has {key}={config[key]!r}: "
                 f"set --config.{key}={saved.get(key)!r}, or use another workdir or checkpoint"
             )
+    padding = saved.get("model_options", {}).get("padding", "symmetric")
+    if padding != config.model.padding:
+        raise ConfigError(
+            f"{where} holds a model with padding={padding!r} but the config has "
+            f"model.padding={config.model.padding!r}: set --config.model.padding={padding}")
 
 
 def resume(ckpt: Checkpointer, state: TrainState, config, train_batch: int,

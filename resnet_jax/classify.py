@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoint, models, quiet
+from resnet_jax.data import MEAN_RGB, STD_RGB
 from resnet_jax.data.folders import imagenet_class_names
 from resnet_jax.errors import ConfigError
 from resnet_jax.train import precision as precision_lib
@@ -49,8 +50,7 @@ def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
             raise ConfigError(f"image {image!r} does not exist: pass paths of image files")
     saved = checkpoint.Saved(checkpoint_path)
     meta = saved.meta
-    model = models.create(meta["arch"], num_classes=meta["num_classes"],
-                          dtype=precision_lib.compute_dtype(precision))
+    model = models.from_meta(meta, dtype=precision_lib.compute_dtype(precision))
     size = meta["eval_image_size"]
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     variables = saved.restore_model(abstract_variables(meta["arch"], meta["num_classes"]),
@@ -62,7 +62,8 @@ def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
         pixels = dali.preprocess_files(
             images, resize_size=meta["eval_resize_size"], image_size=size,
             image_dtype=precision_lib.image_dtype(precision), on_gpu=on_gpu,
-            antialias=meta.get("eval_antialias", True))
+            antialias=meta.get("eval_antialias", True),
+            normalize=(meta.get("mean_rgb", MEAN_RGB), meta.get("std_rgb", STD_RGB)))
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"could not read the images {images}: {first}") from error

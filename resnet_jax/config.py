@@ -14,9 +14,9 @@ import os
 import ml_collections
 
 from resnet_jax import models
-from resnet_jax.data import BACKENDS
+from resnet_jax.data import BACKENDS, MEAN_RGB, STD_RGB
 from resnet_jax.errors import ConfigError
-from resnet_jax.models.resnet import CONV_INITS
+from resnet_jax.models.resnet import CONV_INITS, PADDINGS
 from resnet_jax.train import optimizer
 from resnet_jax.train.precision import PRECISIONS
 
@@ -60,11 +60,17 @@ def defaults() -> ml_collections.ConfigDict:
     config.eval_antialias = True  # antialiased eval resize (DALI); NVIDIA's PyTorch: False
     config.train_antialias = False  # the train crop's resize: NVIDIA's PyTorch False, MXNet True
     config.crop_attempts = 100  # random-resized-crop draws: NVIDIA's PyTorch 100, MXNet 10
+    # The input normalization, per RGB channel on the 0..255 scale: (x - mean) / std.
+    config.mean_rgb = MEAN_RGB
+    config.std_rgb = STD_RGB
     config.precision = ""  # fp32 | tf32 | bf16 | fp16 (fp16 uses dynamic loss scaling)
     config.model = ml_collections.ConfigDict()
     config.model.conv_init = "fan_out"  # fan_in | fan_out (Kaiming-normal) | mxnet (Xavier)
     config.model.zero_init_last_bn = True
     config.model.zero_var_last_bn = False  # running variance 0 in each block's last BN
+    # 'symmetric': PyTorch's explicit padding; 'same': TensorFlow's, one more row and column
+    # at the bottom and right of the stride-2 layers (weights converted from NVIDIA's TF).
+    config.model.padding = "symmetric"
     config.model.bn_momentum = 0.0
     config.model.bn_epsilon = 0.0
     # False: BN statistics per device, as NVIDIA trains. True: over the global batch.
@@ -158,6 +164,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice("lr_schedule_unit", config.lr_schedule_unit, optimizer.SCHEDULE_UNITS)
     _choice("weight_decay_rule", config.weight_decay_rule, optimizer.WEIGHT_DECAY_RULES)
     _choice("model.conv_init", config.model.conv_init, CONV_INITS)
+    _choice("model.padding", config.model.padding, PADDINGS)
+    for name in ("mean_rgb", "std_rgb"):
+        value = config[name]
+        if (len(value) != 3 or not all(isinstance(v, int | float) for v in value)
+                or (name == "std_rgb" and min(value) <= 0)):
+            raise ConfigError(f"{name}={value!r} must be 3 numbers, one per RGB channel on the "
+                              f"0..255 scale{', all positive' if name == 'std_rgb' else ''} "
+                              f"(--config.{name}='(R, G, B)')")
     for name in ("num_classes", "image_size", "eval_image_size", "eval_resize_size",
                  "crop_attempts",
                  "num_epochs", "per_device_batch_size", "base_learning_rate",

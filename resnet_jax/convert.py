@@ -17,20 +17,31 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoint, models, quiet
+from resnet_jax.data import MEAN_RGB, STD_RGB
 from resnet_jax.data.folders import imagenet_class_names
 from resnet_jax.errors import ConfigError
 from resnet_jax.torch import convert as torch_convert
 
 
 def write_checkpoint(output: str, arch: str, variables: dict, *, source: str,
-                     class_names: list[str] | None = None) -> str:
-    """Saves converted variables as step 0 of OUTPUT/checkpoints; returns that folder."""
+                     class_names: list[str] | None = None, model_options: dict | None = None,
+                     mean_rgb=MEAN_RGB, std_rgb=STD_RGB, eval_resize_size: int = 256,
+                     eval_image_size: int = 224, eval_antialias: bool = True) -> str:
+    """Saves converted variables as step 0 of OUTPUT/checkpoints; returns that folder.
+
+    The metadata records what the weights expect: `model_options` (ResNet
+    keyword arguments besides the arch's, e.g. padding='same'), the input
+    normalization (0-255 RGB mean and std) and the evaluation resize and crop.
+    """
     num_classes = int(variables["params"]["fc"]["bias"].shape[0])
     if class_names is None:
         class_names = imagenet_class_names() if num_classes == 1000 else [
             f"class_{i}" for i in range(num_classes)]
     meta = {"arch": arch, "num_classes": num_classes, "class_names": class_names,
-            "image_size": 224, "eval_resize_size": 256, "eval_image_size": 224,
+            "image_size": 224, "eval_resize_size": eval_resize_size,
+            "eval_image_size": eval_image_size, "eval_antialias": eval_antialias,
+            "mean_rgb": [float(m) for m in mean_rgb], "std_rgb": [float(s) for s in std_rgb],
+            "model_options": dict(model_options or {}),
             "precision": "fp32", "epoch": 0, "source": source}
     return checkpoint.save_model(output, variables, meta)
 

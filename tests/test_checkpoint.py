@@ -98,3 +98,21 @@ def test_training_state_moves_between_device_counts_8_then_1_then_4(tmp_path):
     ckpt.close()
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(on_4), jax.device_get(on_1))
     assert jax.tree.leaves(on_4.opt_state)[0].sharding.device_set == set(jax.devices()[:4])
+
+
+def test_checkpoint_fits_only_a_config_of_its_arch_classes_and_padding():
+    from resnet_jax import config as config_lib
+
+    config = config_lib.recipe("resnet50_v15")
+    meta = {"arch": "resnet50_v15", "num_classes": 1000}
+    checkpoint.check_compatible(meta, config, "old")  # older checkpoints record no padding
+    same = {**meta, "model_options": {"padding": "same", "bn_epsilon": 1e-5}}
+    with pytest.raises(ConfigError, match=r"^tf holds a model with padding='same' but the "
+                                          r"config has model.padding='symmetric': set "
+                                          r"--config.model.padding=same$"):
+        checkpoint.check_compatible(same, config, "tf")
+    config.model.padding = "same"
+    checkpoint.check_compatible(same, config, "tf")
+    with pytest.raises(ConfigError, match=r"num_classes=1000 but the config has num_classes=5"):
+        config.num_classes = 5
+        checkpoint.check_compatible(same, config, "tf")

@@ -19,15 +19,25 @@ def _load(preset="", recipe="resnet50_v15"):
     return module.get_config(preset) if preset else module.get_config()
 
 
-def test_resnet50_recipe_values_are_nvidias():
+def test_resnet50_recipe_values_are_nvidias_mxnet():
     config = _load()
     assert config.arch == "resnet50_v15" and config.num_epochs == 90
-    assert config.per_device_batch_size == 256 and config.warmup_epochs == 8
+    assert config.per_device_batch_size == 192 and config.warmup_epochs == 5
     assert config.base_learning_rate == 0.256 and config.momentum == 0.875
     assert not config.nesterov and config.label_smoothing == 0.1
     assert config.weight_decay == 1 / 32768 and config.mixup_alpha == 0
     assert (config.image_size, config.eval_resize_size, config.eval_image_size) == (224, 256, 224)
-    assert config_lib.learning_rate(config, 8 * 256) == pytest.approx(2.048)
+    assert config_lib.learning_rate(config, 8 * 192) == pytest.approx(1.536)
+    # NVIDIA's MXNet code, value for value (see the config's comments).
+    assert (config.lr_schedule_unit, config.warmup_from_zero) == ("step", True)
+    assert config.weight_decay_rule == "all"
+    assert (config.model.conv_init, config.model.zero_init_last_bn,
+            config.model.zero_var_last_bn) == ("mxnet", True, True)
+    assert (config.crop_attempts, config.train_antialias, config.eval_antialias) == (10, True, True)
+    assert config.mean_rgb == (123.68, 116.779, 103.939)
+    assert config.std_rgb == (58.393, 57.12, 57.375)
+    config_lib.validate(ml_collections.ConfigDict(
+        {**config.to_dict(), "data": {**config.data.to_dict(), "backend": "synthetic"}}))
 
 
 @pytest.mark.parametrize("preset, epochs, mixup", [("50", 50, 0.0), ("90", 90, 0.0),
@@ -72,7 +82,7 @@ def test_optimizer_batch_size_sets_accumulation_and_learning_rate():
 
 def test_global_batch_size_overrides_per_device_and_must_divide():
     config = _load()
-    assert config_lib.global_batch_size(config, 8) == 2048
+    assert config_lib.global_batch_size(config, 8) == 1536
     config.global_batch_size = 1024
     assert config_lib.global_batch_size(config, 8) == 1024
     with pytest.raises(ConfigError, match="global_batch_size=1024 is not divisible by the 3"):
@@ -97,6 +107,12 @@ def _valid(tmp_path) -> ml_collections.ConfigDict:
     ("model.conv_init", "xavier", r"model.conv_init 'xavier' is not supported: use one of "
      r"fan_in, fan_out, mxnet"),
     ("ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\): 0 turns the EMA off"),
+    ("model.padding", "valid", r"model.padding 'valid' is not supported: use one of "
+     r"symmetric, same"),
+    ("mean_rgb", (1.0, 2.0), r"mean_rgb=\(1.0, 2.0\) must be 3 numbers, one per RGB channel "
+     r"on the 0..255 scale \(--config.mean_rgb='\(R, G, B\)'\)"),
+    ("std_rgb", (58.0, 0.0, 57.0), r"std_rgb=\(58.0, 0.0, 57.0\) must be 3 numbers, .*, all "
+     r"positive"),
 ])
 def test_bad_choice_names_value_and_fix(tmp_path, field, value, message):
     config = _valid(tmp_path)

@@ -271,6 +271,28 @@ def test_mxnet_augmentation_switches(root):
     assert not np.array_equal(pytorch, mxnet)
 
 
+def test_normalization_is_the_configured_mean_and_std(root):
+    """The same pixels come out as (x - mean) / std for whichever mean and std are asked for
+    (MXNet's recipe has its own), in training and evaluation alike."""
+    split = scan_split(root, "train")
+    mxnet = ((123.68, 116.779, 103.939), (58.393, 57.12, 57.375))
+    common = dict(global_batch_size=8, image_size=32, image_dtype=np.float32, mesh=mesh_of(1),
+                  seed=0, backend="dali_cpu", num_threads=1)
+    default = np.asarray(next(dali.train_iterator(split, **common))["images"])
+    other = np.asarray(next(dali.train_iterator(split, normalize=mxnet, **common))["images"])
+    np.testing.assert_allclose(other * mxnet[1] + np.array(mxnet[0]),
+                               default * np.array(dali.NORMALIZE[1]) + np.array(dali.NORMALIZE[0]),
+                               atol=1e-3)
+    assert not np.allclose(default, other, atol=1e-3)
+    files = split.files[:3]
+    default = dali.preprocess_files(files, resize_size=36, image_size=32, image_dtype=np.float32)
+    other = dali.preprocess_files(files, resize_size=36, image_size=32, image_dtype=np.float32,
+                                  normalize=mxnet)
+    np.testing.assert_allclose(other * mxnet[1] + np.array(mxnet[0]),
+                               default * np.array(dali.NORMALIZE[1]) + np.array(dali.NORMALIZE[0]),
+                               atol=1e-3)
+
+
 @pytest.mark.parametrize("num_devices", [8, 1])
 def test_eval_iterator_counts_each_image_once(root, num_devices):
     split = scan_split(root, "val")  # 15 images: not a multiple of the batch of 8

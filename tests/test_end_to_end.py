@@ -142,7 +142,7 @@ def _convert_tiny_torch_model(tmp_path, num_classes, name):
 
 def test_converted_weights_evaluate_classify_and_fine_tune(tmp_path, data_root):
     from resnet_jax import classify
-    from resnet_jax.data import folders
+    from resnet_jax.data import MEAN_RGB, folders
 
     converted = _convert_tiny_torch_model(tmp_path, 3, "three")
     sizes = ("--config.image_size=32", "--config.eval_resize_size=36")
@@ -153,6 +153,8 @@ def test_converted_weights_evaluate_classify_and_fine_tune(tmp_path, data_root):
                           "--config.eval_resize_size=256", "--config.eval_image_size=224")
     assert result.returncode == 0, output
     assert "on 15 images" in output
+    # The converted weights expect ImageNet's normalization, not the recipe's (MXNet's).
+    assert f"mean_rgb={tuple(MEAN_RGB)} as checkpoint {converted!r} records" in output
     val = folders.scan_split(data_root, "val")
     probabilities, names = classify.predict(converted, val.files, precision="fp32")
     assert names == ["class_0", "class_1", "class_2"]

@@ -30,15 +30,16 @@ from nvidia.dali.plugin.jax import DALIGenericIterator
 
 from resnet_jax import config as config_lib
 from resnet_jax.data import BACKENDS as ALL_BACKENDS
+from resnet_jax.data import MEAN_RGB, STD_RGB
 from resnet_jax.data.folders import Split
 from resnet_jax.errors import ConfigError
 from resnet_jax.parallel import AXIS, batch_sharded
 
 BACKENDS = tuple(b for b in ALL_BACKENDS if b.startswith("dali_"))
 
-# ImageNet channel statistics on the 0..255 scale, as NVIDIA's pipeline uses them.
-MEAN = tuple(255.0 * m for m in (0.485, 0.456, 0.406))
-STD = tuple(255.0 * s for s in (0.229, 0.224, 0.225))
+# The input normalization, (mean, std) per RGB channel on the 0..255 scale: ImageNet's
+# statistics unless the recipe (config.mean_rgb / std_rgb) or a checkpoint says otherwise.
+NORMALIZE = (MEAN_RGB, STD_RGB)
 
 # NVIDIA's values for the mixed decoder (DALI's ResNet50 examples): buffers big
 # enough for ImageNet's largest JPEGs, so that nvJPEG does not reallocate during
@@ -216,7 +217,7 @@ def crop_window(shape, area, log_ratio, x, y, attempts: int = ATTEMPTS):
 
 
 @pipeline_def
-def _train_pipeline(feed, *, image_size, dtype, on_gpu, antialias=False):
+def _train_pipeline(feed, *, image_size, dtype, on_gpu, antialias=False, normalize=NORMALIZE):
     names, labels, area, log_ratio, x, y, flip = fn.external_source(
         source=feed, num_outputs=len(_FEED_TYPES), batch=True, dtype=_FEED_TYPES)
     jpegs = fn.io.file.read(names)
@@ -231,12 +232,14 @@ def _train_pipeline(feed, *, image_size, dtype, on_gpu, antialias=False):
     images = fn.resize(images, resize_x=image_size, resize_y=image_size,
                        interp_type=types.INTERP_LINEAR, antialias=antialias)
     images = fn.crop_mirror_normalize(
-        images, dtype=dtype, output_layout="HWC", mean=list(MEAN), std=list(STD), mirror=flip)
+        images, dtype=dtype, output_layout="HWC", mean=list(normalize[0]),
+        std=list(normalize[1]), mirror=flip)
     return images, labels.gpu() if on_gpu else labels
 
 
 @pipeline_def
-def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu, antialias=True):
+def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu, antialias=True,
+                   normalize=NORMALIZE):
     # Each pipeline gets exactly its own (padded) file list, read once per pass in order.
     jpegs, labels = fn.readers.file(files=files, labels=labels, random_shuffle=False,
                                     pad_last_batch=True, name=READER)
@@ -246,13 +249,13 @@ def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu, ant
                        antialias=antialias)
     images = fn.crop_mirror_normalize(
         images, dtype=dtype, output_layout="HWC", crop=(image_size, image_size),
-        mean=list(MEAN), std=list(STD), mirror=0)
+        mean=list(normalize[0]), std=list(normalize[1]), mirror=0)
     return images, _labels_out(labels, on_gpu)
 
 
 def preprocess_files(files: list[str], *, resize_size: int, image_size: int, image_dtype,
                      on_gpu: bool = False, batch_size: int = 16, num_threads: int = 2,
-                     antialias: bool = True) -> np.ndarray:
+                     antialias: bool = True, normalize=NORMALIZE) -> np.ndarray:
     """Images as the evaluation sees them (resize, center crop, normalize): (N, H, W, 3).
 
     The same DALI pipeline as `eval_iterator`, on a plain list of files (any
@@ -265,7 +268,7 @@ def preprocess_files(files: list[str], *, resize_size: int, image_size: int, ima
     pipe = _eval_pipeline(list(files), [0] * len(files), resize_size=resize_size,
                           image_size=image_size, dtype=_dali_dtype(image_dtype), on_gpu=on_gpu,
                           batch_size=batch, device_id=0 if on_gpu else None,
-                          num_threads=num_threads, antialias=antialias)
+                          num_threads=num_threads, antialias=antialias, normalize=normalize)
     pipe.build()
     out = []
     for _ in range(math.ceil(len(files) / batch)):
@@ -296,13 +299,15 @@ def _run_cpu(pipe):
 
 def train_iterator(split: Split, *, global_batch_size: int, image_size: int, image_dtype,
                    mesh: Mesh, seed: int, backend: str, num_threads: int, start: int = 0,
-                   crop_attempts: int = ATTEMPTS, antialias: bool = False) -> Iterator[dict]:
+                   crop_attempts: int = ATTEMPTS, antialias: bool = False,
+                   normalize=NORMALIZE) -> Iterator[dict]:
     """The stream of augmented training batches from batch `start` on, sharded over 'data'.
 
     Random-resized crop (area 8%-100%, aspect 3/4-4/3, `crop_attempts` draws),
     resize to image_size (`antialias`: DALI's antialiased resize, NVIDIA's
     MXNet pipeline; its PyTorch one turns it off), random horizontal flip,
-    normalization: NVIDIA's DALI ResNet50 recipe. An
+    normalization by `normalize` ((mean, std) per RGB channel, 0..255 scale):
+    NVIDIA's DALI ResNet50 recipe. An
     epoch is `config.steps_per_epoch(len(split), global_batch_size)` batches,
     each epoch a new order of the images. What batch g holds depends on
     (seed, g) alone (see TrainOrder), so a run resumed at batch g (`start=g`)
@@ -320,13 +325,13 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
                          dtype=_dali_dtype(image_dtype), mesh=mesh, seed=seed, start=start,
                          num_threads=num_threads, per_device=backend == "dali_gpu",
                          on_gpu=backend == "dali_gpu", crop_attempts=crop_attempts,
-                         antialias=antialias)
+                         antialias=antialias, normalize=normalize)
 
 
 def _train_stream(split: Split, *, global_batch_size: int, image_size: int, dtype, mesh: Mesh,
                   seed: int, start: int, num_threads: int, per_device: bool,
                   on_gpu: bool, crop_attempts: int = ATTEMPTS,
-                  antialias: bool = False) -> Iterator[dict]:
+                  antialias: bool = False, normalize=NORMALIZE) -> Iterator[dict]:
     """train_iterator's pipelines: one per local device of the mesh (`per_device`, as on
     GPUs, where each decodes on its GPU), else one per process split over its devices."""
     order = TrainOrder(split, global_batch_size=global_batch_size, seed=seed,
@@ -345,8 +350,8 @@ def _train_stream(split: Split, *, global_batch_size: int, image_size: int, dtyp
     for shard, _, device_id in shards:
         feed = _ShardFeed(order, shard=shard, num_shards=num_shards, start=start)
         pipe = _train_pipeline(feed, image_size=image_size, dtype=dtype, on_gpu=on_gpu,
-                               antialias=antialias, batch_size=batch, device_id=device_id,
-                               num_threads=num_threads)
+                               antialias=antialias, normalize=normalize, batch_size=batch,
+                               device_id=device_id, num_threads=num_threads)
         # One iterator per pipeline: DALI's own runs endless streams of one pipeline only.
         iterators.append(DALIGenericIterator([pipe], ["images", "labels"]))
 
@@ -426,10 +431,11 @@ class EvalData:
 
 def eval_iterator(split: Split, *, global_batch_size: int, resize_size: int, image_size: int,
                   image_dtype, mesh: Mesh, backend: str, num_threads: int,
-                  antialias: bool = True) -> EvalData:
+                  antialias: bool = True, normalize=NORMALIZE) -> EvalData:
     """The validation set, resized (shorter side resize_size) and center-cropped to image_size.
 
     `antialias`: DALI's antialiased resize (as PIL's); NVIDIA's PyTorch pipeline turns it off.
+    `normalize`: (mean, std) per RGB channel on the 0..255 scale.
 
     Returns an EvalData: iterate it for one pass of `num_batches` batches with
     'images', 'labels' and 'mask'. The images are split into one contiguous
@@ -445,7 +451,7 @@ def eval_iterator(split: Split, *, global_batch_size: int, resize_size: int, ima
                           f"{image_size}: set the resize size to at least {image_size}")
     sharding = batch_sharded(mesh)
     common = dict(resize_size=resize_size, image_size=image_size, dtype=dtype,
-                  num_threads=num_threads, antialias=antialias)
+                  num_threads=num_threads, antialias=antialias, normalize=normalize)
 
     if backend == "dali_gpu":
         num_shards, here = mesh.size, _local_devices(mesh)

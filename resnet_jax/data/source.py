@@ -76,6 +76,7 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
     folders.check_num_classes(train.class_names, config.num_classes, config.data.root)
     if val is not None:
         folders.check_same_classes(train.class_names, val.class_names, config.data.root)
+    normalize = (tuple(config.mean_rgb), tuple(config.std_rgb))
     return Data(
         num_train_images=len(train),
         class_names=list(train.class_names),
@@ -83,10 +84,10 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
             train, global_batch_size=train_batch, image_size=config.image_size,
             image_dtype=image_dtype, mesh=mesh, seed=config.seed, backend=config.data.backend,
             num_threads=threads, start=start, crop_attempts=config.crop_attempts,
-            antialias=config.train_antialias),
+            antialias=config.train_antialias, normalize=normalize),
         eval=None if val is None else dali.eval_iterator(
             val, global_batch_size=eval_batch, resize_size=config.eval_resize_size,
-            antialias=config.eval_antialias,
+            antialias=config.eval_antialias, normalize=normalize,
             image_size=config.eval_image_size, image_dtype=image_dtype, mesh=mesh,
             backend=config.data.backend, num_threads=threads),
     )

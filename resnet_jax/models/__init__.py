@@ -66,6 +66,19 @@ def create(name: str, *, num_classes: int = 1000, dtype=jnp.float32, **kwargs) -
     return ResNet(**SPECS[canonical(name)], num_classes=num_classes, dtype=dtype, **kwargs)
 
 
+def options(config) -> dict:
+    """What a checkpoint records of the model besides its arch: the ResNet keyword arguments
+    that change what the weights compute (see `from_meta`)."""
+    return {"padding": config.model.padding, "bn_epsilon": config.model.bn_epsilon}
+
+
+def from_meta(meta: dict, *, dtype=jnp.float32) -> ResNet:
+    """The inference model a checkpoint's metadata describes: its arch and classes, and
+    the model options it records (older checkpoints have none: the defaults)."""
+    return create(meta["arch"], num_classes=meta["num_classes"], dtype=dtype,
+                  **meta.get("model_options", {}))
+
+
 def build(config, *, train: bool = True) -> ResNet:
     """The configured model (config.arch, config.model.*) in the configured compute precision.
 
@@ -80,7 +93,7 @@ def build(config, *, train: bool = True) -> ResNet:
         config.arch, num_classes=config.num_classes,
         dtype=precision.compute_dtype(config.precision),
         conv_init=config.model.conv_init, zero_init_last_bn=config.model.zero_init_last_bn,
-        zero_var_last_bn=config.model.zero_var_last_bn,
+        zero_var_last_bn=config.model.zero_var_last_bn, padding=config.model.padding,
         bn_momentum=config.model.bn_momentum, bn_epsilon=config.model.bn_epsilon,
         bn_axis_name=AXIS if sync else None,
     )

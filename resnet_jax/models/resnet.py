@@ -20,6 +20,8 @@ ModuleDef = Any
 
 
 CONV_INITS = ("fan_in", "fan_out", "mxnet")
+# 'symmetric': PyTorch's explicit padding; 'same': TensorFlow's (NVIDIA's TF ResNet50).
+PADDINGS = ("symmetric", "same")
 
 
 def conv_kernel_init(mode: str, groups: int = 1):
@@ -145,6 +147,7 @@ class ResNet(nn.Module):
     # MXNet's ResNet also starts the running variance of each block's last BN at 0
     # (running_variance_initializer = its gamma initializer); see state.init_variables.
     zero_var_last_bn: bool = False
+    padding: str = "symmetric"  # see PADDINGS
 
     @nn.compact
     def __call__(self, x, train: bool = True):

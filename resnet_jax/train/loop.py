@@ -126,7 +126,9 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
             "class_names": data.class_names, "image_size": config.image_size,
             "eval_resize_size": config.eval_resize_size,
             "eval_antialias": config.eval_antialias, "ema_decay": config.ema_decay,
-            "eval_image_size": config.eval_image_size, "precision": config.precision}
+            "eval_image_size": config.eval_image_size, "precision": config.precision,
+            "mean_rgb": list(config.mean_rgb), "std_rgb": list(config.std_rgb),
+            "model_options": models.options(config)}
     return TrainRun(config=config, workdir=workdir, mesh=mesh, data=data, state=state,
                     train_step=train_step, eval_step=eval_step, train_batch=train_batch,
                     accumulation=accumulation, peak_learning_rate=peak_lr,
@@ -354,6 +356,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
         raise ConfigError("mode=eval needs a checkpoint: pass --workdir of a training run or "
                           "--config.checkpoint=PATH")
     saved = checkpoint.Saved(path)
+    _adopt_recorded(config, saved.meta, path)
     checkpoint.check_compatible(saved.meta, config, f"checkpoint {path!r}")
     mesh = parallel.make_mesh()
     eval_batch = config_lib.eval_global_batch_size(config, mesh.size)
@@ -372,6 +375,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     reporting.log(f"eval of {path} (step {saved.step}, {config.arch}{which}): "
                   f"{_format_eval(metrics)}")
     return metrics
+
+
+def _adopt_recorded(config: ml_collections.ConfigDict, meta: dict, path: str) -> None:
+    """Evaluates the weights as they were trained: the model options (padding, BN epsilon)
+    and the input normalization a checkpoint records win over the config's, with a log line
+    for each that differs (older checkpoints record none)."""
+    recorded = {f"model.{k}": v for k, v in meta.get("model_options", {}).items()}
+    recorded.update({k: meta[k] for k in ("mean_rgb", "std_rgb") if k in meta})
+    for name, value in recorded.items():
+        section, key = (config.model, name[6:]) if name.startswith("model.") else (config, name)
+        mine = tuple(section[key]) if isinstance(value, list) else section[key]
+        theirs = tuple(value) if isinstance(value, list) else value
+        if mine != theirs:
+            reporting.log(f"{name}={theirs} as checkpoint {path!r} records (the config has "
+                          f"{mine})")
+            section[key] = theirs
 
 
 def _format_eval(metrics: dict) -> str:
