@@ -69,7 +69,8 @@ def defaults() -> ml_collections.ConfigDict:
     config.model.zero_init_last_bn = True
     config.model.zero_var_last_bn = False  # running variance 0 in each block's last BN
     # 'symmetric': PyTorch's explicit padding; 'same': TensorFlow's, one more row and column
-    # at the bottom and right of the stride-2 layers (weights converted from NVIDIA's TF).
+    # at the bottom and right of the stride-2 layers (weights converted from NVIDIA's TF);
+    # 'symmetric_same_pool': NVIDIA's TF code of 2019 (see models/resnet.py PADDINGS).
     config.model.padding = "symmetric"
     config.model.bn_momentum = 0.0
     config.model.bn_epsilon = 0.0

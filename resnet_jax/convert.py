@@ -2,11 +2,20 @@
 
   python -m resnet_jax.convert --arch resnet50_v15 \
       --torch-checkpoint nvidia_resnet50_200821.pth.tar --output weights/rn50
+  python -m resnet_jax.convert --arch resnet50_v15 \
+      --tf-checkpoint rn50_tf_amp_ckpt --output weights/rn50_tf
 
 writes an Orbax checkpoint that `--config.mode=eval --config.checkpoint=DIR`,
 `--config.init_checkpoint=DIR` (fine-tuning) and `python -m resnet_jax.classify`
-restore directly. The PyTorch side (naming schemes, key mapping) is in
-resnet_jax/torch/convert.py.
+restore directly. Its metadata records what the weights expect (NVIDIA's
+TensorFlow ResNet50 pads 'SAME' and normalizes with its own mean and std),
+which evaluation and classify then use.
+
+The PyTorch side (naming schemes, key mapping) is in resnet_jax/torch/convert.py;
+the TensorFlow side (NVIDIA's variable names, padding, the 1001st output) in
+resnet_jax/tensorflow/convert.py. `--tf-checkpoint` drops the classifier's
+last output, which NVIDIA's training never uses (labels are shifted to 0..999);
+`--keep-background` keeps it, as class 1000.
 """
 
 import argparse
@@ -20,6 +29,7 @@ from resnet_jax import checkpoint, models, quiet
 from resnet_jax.data import MEAN_RGB, STD_RGB
 from resnet_jax.data.folders import imagenet_class_names
 from resnet_jax.errors import ConfigError
+from resnet_jax.tensorflow import convert as tf_convert
 from resnet_jax.torch import convert as torch_convert
 
 
@@ -46,40 +56,78 @@ def write_checkpoint(output: str, arch: str, variables: dict, *, source: str,
     return checkpoint.save_model(output, variables, meta)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m resnet_jax.convert",
-        description="Converts PyTorch ResNet weights (NVIDIA ConvNets, torchvision, timm) "
-                    "to a resnet_jax checkpoint.")
+        description="Converts PyTorch ResNet weights (NVIDIA ConvNets, torchvision, timm) or "
+                    "NVIDIA's TensorFlow ResNet50 v1.5 checkpoints to a resnet_jax checkpoint.")
     parser.add_argument("--arch", required=True,
                         help=f"one of {', '.join(models.names())}, or NVIDIA's name "
                              f"({', '.join(models.ALIASES)})")
-    parser.add_argument("--torch-checkpoint", required=True, metavar="FILE",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--torch-checkpoint", metavar="FILE",
                         help=".pth / .pth.tar file: a state dict, or a training checkpoint "
                              "holding one under 'state_dict' or 'model'")
+    source.add_argument("--tf-checkpoint", metavar="PREFIX",
+                        help="a TensorFlow checkpoint of NVIDIA's ResNet50 v1.5 "
+                             "(TensorFlow/Classification/ConvNets): the prefix of PREFIX.index "
+                             "and PREFIX.data-*, or their folder")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="new folder for the checkpoint (DIR/checkpoints/0)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also read files that hold Python objects besides tensors "
                              "(unpickling runs code from the file: only for files you trust)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--keep-background", action="store_true",
+                        help="with --tf-checkpoint: keep all 1001 outputs; the last one is "
+                             "never a training label of NVIDIA's, and is dropped by default")
+    return parser
+
+
+def _convert_torch(args, arch: str) -> tuple[str, dict, str]:
+    """(folder, variables, what was read) for --torch-checkpoint."""
+    state_dict = torch_convert.load_torch_state_dict(args.torch_checkpoint,
+                                                     allow_pickle=args.allow_pickle)
+    variables = torch_convert.torch_to_flax(arch, state_dict)
+    folder = write_checkpoint(args.output, arch, variables,
+                              source=os.path.abspath(args.torch_checkpoint))
+    return folder, variables, (f"{len(state_dict)} tensors "
+                               f"({torch_convert.naming_scheme(state_dict)} naming)")
+
+
+def _convert_tf(args, arch: str) -> tuple[str, dict, str]:
+    """(folder, variables, what was read) for --tf-checkpoint."""
+    tf_convert.check_arch(arch)  # before TensorFlow loads (seconds)
+    converted = tf_convert.tf_to_flax(arch, tf_convert.load_tf_checkpoint(args.tf_checkpoint),
+                                      keep_unused_class=args.keep_background)
+    folder = write_checkpoint(
+        args.output, arch, converted.variables, source=os.path.abspath(args.tf_checkpoint),
+        class_names=converted.class_names(imagenet_class_names()),
+        model_options={"padding": converted.layout.padding,
+                       "bn_epsilon": tf_convert.BN_EPSILON},
+        mean_rgb=converted.layout.mean_rgb, std_rgb=converted.layout.std_rgb,
+        eval_resize_size=tf_convert.EVAL_RESIZE_SIZE, eval_image_size=tf_convert.EVAL_IMAGE_SIZE,
+        eval_antialias=tf_convert.EVAL_ANTIALIAS)
+    return folder, converted.variables, (f"{converted.num_tensors} tensors (NVIDIA TensorFlow, "
+                                         f"{converted.summary()})")
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     quiet.keep_own_lines()
     try:
         arch = models.canonical(args.arch, flag="--arch")
+        if args.keep_background and not args.tf_checkpoint:
+            raise ConfigError("--keep-background applies to --tf-checkpoint only: leave it out")
         if os.path.exists(os.path.join(args.output, "checkpoints")):
             raise ConfigError(f"--output {args.output!r} already holds checkpoints: "
                               "pass a new folder")
-        state_dict = torch_convert.load_torch_state_dict(args.torch_checkpoint,
-                                                         allow_pickle=args.allow_pickle)
-        variables = torch_convert.torch_to_flax(arch, state_dict)
-        folder = write_checkpoint(args.output, arch, variables,
-                                  source=os.path.abspath(args.torch_checkpoint))
+        convert = _convert_tf if args.tf_checkpoint else _convert_torch
+        folder, variables, read = convert(args, arch)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
-    print(f"converted {len(state_dict)} tensors ({torch_convert.naming_scheme(state_dict)} "
-          f"naming) to {arch}: {count:,} parameters, "
+    print(f"converted {read} to {arch}: {count:,} parameters, "
           f"{variables['params']['fc']['bias'].shape[0]} classes -> {folder}")
     return 0
 

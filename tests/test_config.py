@@ -108,7 +108,7 @@ def _valid(tmp_path) -> ml_collections.ConfigDict:
      r"fan_in, fan_out, mxnet"),
     ("ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\): 0 turns the EMA off"),
     ("model.padding", "valid", r"model.padding 'valid' is not supported: use one of "
-     r"symmetric, same"),
+     r"symmetric, same, symmetric_same_pool"),
     ("mean_rgb", (1.0, 2.0), r"mean_rgb=\(1.0, 2.0\) must be 3 numbers, one per RGB channel "
      r"on the 0..255 scale \(--config.mean_rgb='\(R, G, B\)'\)"),
     ("std_rgb", (58.0, 0.0, 57.0), r"std_rgb=\(58.0, 0.0, 57.0\) must be 3 numbers, .*, all "

@@ -1,5 +1,7 @@
 """Model structure: exact parameter counts, shapes, dtypes and NVIDIA's initialisation."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -150,3 +152,39 @@ def test_nvidia_arch_names_build_the_same_network(alias, arch):
     for near_miss in (alias.upper(), alias.replace("-", "_") + "x", "resnet50-v15"):
         with pytest.raises(ConfigError, match=rf"arch '{near_miss}' is not supported"):
             models.canonical(near_miss)
+
+
+def test_same_padding_is_tensorflows_one_more_at_the_bottom_and_right():
+    """'same' (NVIDIA's TensorFlow ResNet50) pads a stride-2 7x7 on 64 px by 2 above and 3
+    below, where 'symmetric' pads 3 and 3. Parameters and output sizes are the same for every
+    padding: TF's ceil(n / stride), for odd sizes too (where TF's 'SAME' is symmetric)."""
+    from resnet_jax.models.resnet import PADDINGS
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((1, 64, 64, 3)), jnp.float32)
+    # Random weights drawn by numpy: compiling Flax's initializers would take seconds.
+    variables = jax.tree.map(lambda s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape), jnp.float32),
+                             _abstract_variables(models.create("resnet_tiny", num_classes=5), 64))
+    odd = jnp.zeros((1, 65, 65, 3))
+    logits = {}
+    for padding in PADDINGS:
+        model = models.create("resnet_tiny", num_classes=5, padding=padding)
+        assert jax.tree.map(jnp.shape, _abstract_variables(model, 64)) == jax.tree.map(
+            jnp.shape, variables)
+        apply = functools.partial(model.apply, train=False, capture_intermediates=True)
+        _, state = jax.eval_shape(apply, variables, odd)
+        sizes = [state["intermediates"][f"layer{stage}_0"]["__call__"][0].shape[1]
+                 for stage in (1, 2, 3, 4)]
+        assert sizes == [17, 9, 5, 3], padding  # 65 -> 33 (stem) -> 17 (max pool) -> ...
+        logits[padding], state = jax.jit(apply)(variables, x)
+        pads = (2, 3) if padding == "same" else (3, 3)
+        stem = jax.lax.conv_general_dilated(x, variables["params"]["conv1"]["kernel"], (2, 2),
+                                            [pads, pads],
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        np.testing.assert_allclose(state["intermediates"]["conv1"]["__call__"][0], stem,
+                                   rtol=1e-5, atol=1e-5)
+    assert not np.allclose(logits["same"], logits["symmetric"], atol=1e-3)
+    # Only the max pool differs between these two.
+    assert not np.allclose(logits["symmetric_same_pool"], logits["symmetric"], atol=1e-3)
+    with pytest.raises(ValueError, match="padding must be one of symmetric, same"):
+        models.create("resnet_tiny", padding="valid").init(jax.random.key(0), x)

@@ -5,8 +5,11 @@ v1.5 puts the stride-2 of a downsampling bottleneck on the 3x3 convolution
 convolutions; SE-ResNeXt rescales each block's output channels with a
 squeeze-and-excitation gate before the residual add.
 
-Padding is explicit and symmetric (PyTorch's), not 'SAME', so that converted
-PyTorch weights give the same logits.
+Padding is explicit and symmetric (PyTorch's) by default, so that converted
+PyTorch weights give the same logits. `padding='same'` is TensorFlow's
+'SAME' instead, which NVIDIA's TensorFlow ResNet50 uses in every layer (20.06
+and later): a stride-2 layer pads one row and column more at the bottom and
+right than at the top and left. Parameter shapes are the same either way.
 """
 
 from collections.abc import Sequence
@@ -20,8 +23,11 @@ ModuleDef = Any
 
 
 CONV_INITS = ("fan_in", "fan_out", "mxnet")
-# 'symmetric': PyTorch's explicit padding; 'same': TensorFlow's (NVIDIA's TF ResNet50).
-PADDINGS = ("symmetric", "same")
+# How the stem convolution, the max pool and each block's 3x3 convolution pad:
+# 'symmetric': PyTorch's explicit padding; 'same': TensorFlow's 'SAME' everywhere (NVIDIA's
+# TF ResNet50 from 20.06 on, model/resnet.py); 'symmetric_same_pool': symmetric convolutions
+# and a 'SAME' max pool (NVIDIA's TF RN50v1.5 of 2019, whose convolutions pad explicitly).
+PADDINGS = ("symmetric", "same", "symmetric_same_pool")
 
 
 def conv_kernel_init(mode: str, groups: int = 1):
@@ -91,6 +97,8 @@ class Bottleneck(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     zero_init_last_bn: bool
+    # The 3x3's; 'SAME': TensorFlow's. (The strided 1x1 shortcut pads nothing in either.)
+    conv2_padding: Any = ((1, 1), (1, 1))
 
     @nn.compact
     def __call__(self, x):
@@ -101,7 +109,7 @@ class Bottleneck(nn.Module):
             self.width,
             (3, 3),
             strides=(self.strides, self.strides),
-            padding=((1, 1), (1, 1)),
+            padding=self.conv2_padding,
             feature_group_count=self.groups,
             name="conv2",
         )(y)
@@ -151,6 +159,12 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        tf_convs = self.padding == "same"
+        stem_padding = "SAME" if tf_convs else ((3, 3), (3, 3))
+        pool_padding = "SAME" if self.padding != "symmetric" else ((1, 1), (1, 1))
+
         def conv(features, kernel_size, *, feature_group_count=1, use_bias=False,
                  padding="VALID", kernel_init=None, **kwargs):
             # The default kernel init knows the group count ('mxnet' scales with it); a layer
@@ -169,9 +183,10 @@ class ResNet(nn.Module):
             axis_name=self.bn_axis_name if train else None,
         )
         x = jnp.asarray(x, self.dtype)
-        x = conv(self.stem_width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
+        x = conv(self.stem_width, (7, 7), strides=(2, 2), padding=stem_padding, name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        # Both frameworks' max pools pad with -inf.
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pool_padding)
         stages = zip(self.stage_sizes, self.stage_widths, strict=True)
         for stage, (num_blocks, width) in enumerate(stages):
             for block in range(num_blocks):
@@ -185,6 +200,7 @@ class ResNet(nn.Module):
                     conv=conv,
                     norm=norm,
                     zero_init_last_bn=self.zero_init_last_bn,
+                    conv2_padding="SAME" if tf_convs else ((1, 1), (1, 1)),
                     name=f"layer{stage + 1}_{block}",
                 )(x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
