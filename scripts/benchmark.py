@@ -2,7 +2,8 @@
 
   python scripts/benchmark.py [--archs resnet50_v15] [--precisions bf16] [--batch-sizes 256]
       [--image-size 224] [--modes train,infer] [--data synthetic,dali] [--data-root DIR]
-      [--warmup-steps 5] [--steps 20] [--no-torch] [--json FILE]
+      [--warmup-steps 5] [--steps 20] [--no-torch] [--onnx [--onnx-provider auto]]
+      [--json FILE]
 
 Each row is the trainer's own set-up (resnet_jax.train.loop.setup_train_loop)
 of the arch's recipe (configs/<arch>.py) with the row's precision, batch and
@@ -13,11 +14,32 @@ Data is the synthetic device-resident batch or the DALI training pipeline
 feed the inference rows). Without --data-root a small JPEG tree is drawn
 into a temporary folder.
 
-Timing: the first step (compilation included) is timed alone, then the
-warm-up steps run, then each timed step is dispatched before the host waits
-for the previous step's result (a loss or the logits), so that one step is
+Timing of training: the first step (compilation included) is timed alone,
+then the warm-up steps run, then each timed step is dispatched before the
+host waits for the previous step's result (the loss), so that one step is
 queued as in the trainer. A step's time is the interval between two results;
-img/s is the global batch over the median step time. MFU counts model FLOPs
+img/s is the global batch over the median step time.
+
+Timing of inference, as NVIDIA's inference tables give it: one batch at a
+time, each call timed from taking the batch to its logits being ready (the
+host blocks on them), over --steps calls after the warm-up; img/s is the
+batch over the mean latency, and the latency's mean, 90th, 95th and 99th
+percentiles are reported (with 20 steps the upper percentiles are close to
+the slowest call). The default batch sizes are 1, 8, 32, 64, 128 and 256 on
+GPUs (1 and 8 on CPUs); --batch-sizes sets those of both modes.
+
+With --onnx, the inference rows also time the same model (the row's
+freshly initialised weights) exported to ONNX (resnet_jax.onnx_export, once
+per arch and precision) in ONNX Runtime: TensorRT's provider when this
+onnxruntime build has it and it starts, else CUDA's, else the CPU's
+(--onnx-provider picks one). The graph is fp32 for fp32/tf32 rows (TF32
+allowed for tf32 on CUDA) and fp16 for fp16 rows; bf16 rows have no ONNX
+column. The batch stays on the device (IOBinding): the ONNX latency is the
+model alone, on the synthetic rows' batch (the DALI rows have no ONNX
+column). `onnx_max_rel_diff` in the JSON says how far its logits are from
+resnet_jax's on the same images (max |difference| / max |logit|).
+
+MFU counts model FLOPs
 only: 2 x the forward multiply-accumulates per image, x3 for training, over
 the device's dense peak (n/a for unknown devices and CPUs). 'peak mem' is the
 device allocator's peak so far in this process (GPUs; rows run in order),
@@ -28,11 +50,12 @@ PyTorch finds GPU memory in the same process.
 
 The PyTorch reference (torchvision or timm when importable, else
 resnet_jax.torch.reference) runs the same rows on one device with the
-per-device batch: forward, cross-entropy with label smoothing 0.1,
-backward, SGD with momentum 0.875; on GPUs channels_last and autocast for
-bf16/fp16 (GradScaler for fp16), TF32 only for tf32; on CPUs fp32 with
-torch.set_num_threads(cores) (autocast for bf16/fp16 rows). The ratio is
-resnet_jax img/s per device over the reference's img/s.
+per-device batch (inference timed as above): forward, cross-entropy with
+label smoothing 0.1, backward, SGD with momentum 0.875; on GPUs
+channels_last and autocast for bf16/fp16 (GradScaler for fp16), TF32 only
+for tf32; on CPUs fp32 with torch.set_num_threads(cores) (autocast for
+bf16/fp16 rows). The ratio is resnet_jax img/s per device over the
+reference's img/s.
 """
 
 # isort: off
@@ -54,9 +77,10 @@ import tempfile
 import time
 
 import jax
+import numpy as np
 
 from resnet_jax import config as config_lib
-from resnet_jax import models, parallel, quiet
+from resnet_jax import models, onnx_export, parallel, quiet
 from resnet_jax.data.source import num_threads
 from resnet_jax.errors import ConfigError
 from resnet_jax.models import flops
@@ -64,6 +88,12 @@ from resnet_jax.train import loop, precision
 
 MODES = ("train", "infer")
 DATA = ("synthetic", "dali")
+# NVIDIA's inference tables' batch sizes (ConvNets' resnet50v1.5/README.md goes 1, 2, 4, ...).
+INFER_BATCHES_GPU = (1, 8, 32, 64, 128, 256)
+LATENCY_PERCENTILES = (90, 95, 99)
+# The ONNX graph's precision for a row's (bf16 rows have none: ONNX Runtime's providers run
+# no bf16 convolutions).
+ONNX_PRECISIONS = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16"}
 
 # Dense peak FLOP/s per device by device kind (first match wins), from NVIDIA's data sheets.
 _H100_SXM = {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12}
@@ -159,6 +189,34 @@ def time_steps(dispatch, wait, warmup: int, steps: int) -> tuple[float, list[flo
     return first, times, load
 
 
+def time_latency(run_once, warmup: int, steps: int) -> tuple[float, list[float], float]:
+    """(first call's seconds, per-call seconds of the timed calls, others' load) of
+    `run_once()`, which takes a batch and returns when its result is ready: one batch in
+    flight at a time, so that each call's time is a latency."""
+    start = time.perf_counter()
+    run_once()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        run_once()
+    times = []
+    cpu, begin = _cpu_seconds(), time.perf_counter()
+    for _ in range(steps):
+        start = time.perf_counter()
+        run_once()
+        times.append(time.perf_counter() - start)
+    return first, times, others_load(cpu, _cpu_seconds(), time.perf_counter() - begin)
+
+
+def latency_summary(first: float, times: list[float], load: float | None, batch: int) -> dict:
+    """img/s over the mean latency, and the latency's mean and percentiles in ms."""
+    mean = statistics.fmean(times)
+    row = {"images_per_sec": batch / mean, "step_ms": 1e3 * mean, "latency_ms_avg": 1e3 * mean}
+    for q in LATENCY_PERCENTILES:
+        row[f"latency_ms_p{q}"] = 1e3 * float(np.percentile(times, q))
+    return {**row, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
+            "compile_s": first, "others_load": load}
+
+
 def _summary(first: float, times: list[float], load: float | None, batch: int) -> dict:
     median = statistics.median(times)
     times = sorted(times)
@@ -223,19 +281,27 @@ def bench_jax(args, arch: str, precision_name: str, batch: int, data: str, mode:
 
         box = {}
 
-        def dispatch():
+        def run_once():
             box["images"] = next(batches)["images"]
-            return apply(variables, box["images"])
+            box["logits"] = jax.block_until_ready(apply(variables, box["images"]))
 
-        wait = jax.block_until_ready
         step_fn, example = apply, lambda: (variables, box["images"])
-    first, times, load = time_steps(dispatch, wait, args.warmup_steps, args.steps)
+    if mode == "train":
+        summary = _summary(*time_steps(dispatch, wait, args.warmup_steps, args.steps),
+                           global_batch)
+    else:
+        summary = latency_summary(*time_latency(run_once, args.warmup_steps, args.steps),
+                                  global_batch)
     xla_memory = _memory(step_fn.lower(*example()).compile())  # the jit cache: no recompilation
     row = {"arch": arch, "mode": mode, "data": data if data == "synthetic" else
            config.data.backend, "precision": precision_name, "per_device_batch": batch,
            "global_batch": global_batch, "devices": mesh.size, "image_size": args.image_size,
-           **_summary(first, times, load, global_batch), "peak_memory_bytes": _peak_memory(),
-           "xla_memory_bytes": xla_memory}
+           **summary, "peak_memory_bytes": _peak_memory(), "xla_memory_bytes": xla_memory}
+    if mode == "infer" and args.onnx and data == "synthetic" and precision_name in ONNX_PRECISIONS:
+        # What the ONNX columns need: the weights, and one device's batch with its logits.
+        images, logits = (np.asarray(jax.device_get(box[k][:batch]), np.float32)
+                          for k in ("images", "logits"))
+        row["_onnx_input"] = (config, variables, images, logits)
     return row
 
 
@@ -347,21 +413,17 @@ def bench_torch(args, arch: str, precision_name: str, batch: int, data: str, mod
     else:
         model.eval()
 
-        def dispatch():
+        def run_once():
             with torch.inference_mode(), autocast():
                 model(next(batches)[0])
-            if not on_gpu:
-                return None
-            done = torch.cuda.Event()
-            done.record()  # after this step's kernels, not the next one's
-            return done
+            if on_gpu:
+                torch.cuda.synchronize()
 
-        def wait(done):
-            if done is not None:
-                done.synchronize()
-
-    first, times, load = time_steps(dispatch, wait, args.warmup_steps, args.steps)
-    result = {f"torch_{k}": v for k, v in _summary(first, times, load, batch).items()}
+    if mode == "train":
+        summary = _summary(*time_steps(dispatch, wait, args.warmup_steps, args.steps), batch)
+    else:
+        summary = latency_summary(*time_latency(run_once, args.warmup_steps, args.steps), batch)
+    result = {f"torch_{k}": v for k, v in summary.items()}
     result["torch_peak_memory_bytes"] = torch.cuda.max_memory_allocated() if on_gpu else None
     result["torch_model"] = description
     result["torch_precision"] = precision_name
@@ -422,7 +484,53 @@ def _others(row: dict) -> str:
     return f"{100 * max(loads):.0f}%" if loads else "n/a"
 
 
+def _infer_batches(args, on_gpu: bool) -> list[int]:
+    return args.batch_sizes or (list(INFER_BATCHES_GPU) if on_gpu else [1, 8])
+
+
+def _train_batches(args, on_gpu: bool) -> list[int]:
+    return args.batch_sizes or [256 if on_gpu else 8]
+
+
+def bench_onnx(args, sessions: dict, folder: str, row: dict, onnx_input) -> dict:
+    """The ONNX columns of an inference row: the row's model exported once per arch and
+    precision (`sessions` keeps them), run by ONNX Runtime on one device's batch."""
+    onnx_precision = ONNX_PRECISIONS[row["precision"]]
+    config, variables, images, logits = onnx_input
+    key = (row["arch"], row["precision"])
+    if key not in sessions:
+        path = os.path.join(folder, f"{row['arch']}_{row['precision']}.onnx")
+        start = time.perf_counter()
+        onnx_export.export_variables(
+            row["arch"], jax.device_get(variables), path, num_classes=config.num_classes,
+            image_size=args.image_size, precision=onnx_precision,
+            model_options=models.options(config))
+        export_s = time.perf_counter() - start
+        sessions[key] = (onnx_export.session(path, provider=args.onnx_provider,
+                                             precision=row["precision"]), export_s)
+    session, export_s = sessions[key]
+    runner = onnx_export.BoundRunner(session, images)
+    summary = latency_summary(*time_latency(runner, args.warmup_steps, args.steps),
+                              row["per_device_batch"])
+    got = runner.logits()
+    return {**{f"onnx_{k}": v for k, v in summary.items()}, "onnx_provider": runner.provider,
+            "onnx_precision": onnx_precision, "onnx_export_s": export_s,
+            "onnx_max_rel_diff": float(np.abs(got - logits).max() / np.abs(logits).max())}
+
+
 def print_table(rows: list[dict]) -> None:
+    """The training rows, then the inference rows, each kind in its own table."""
+    train = [r for r in rows if r["mode"] == "train"]
+    infer = [r for r in rows if r["mode"] == "infer"]
+    if train:
+        print_train_table(train)
+    if infer:
+        if train:
+            print()
+        print_infer_table(infer)
+
+
+def print_train_table(rows: list[dict]) -> None:
     """One line per row; the ratio is resnet_jax img/s per device over the reference's.
 
     'others' is the largest share of the cores that other processes used while
@@ -434,17 +542,47 @@ def print_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         print(f"{r['arch']:<20} {r['mode']:<5} {r['data']:<9} {r['precision']:<4} "
               f"{r['per_device_batch']:>5} {r['images_per_sec']:>8.1f} {r['step_ms']:>8.1f} "
               f"{r['compile_s']:>9.1f} {_gib(r['peak_memory_bytes']):>8} "
-              f"{_gib(r['xla_memory_bytes']):>8} {mfu:>6} "
+              f"{_gib(r['xla_memory_bytes']):>8} {_mfu(r):>6} "
               f"{_fmt(r.get('torch_images_per_sec'), '.1f'):>11} "
               f"{_fmt(r.get('ratio'), '.2f'):>6} {_others(r):>6}")
 
 
-def main() -> None:
-    on_gpu = jax.default_backend() == "gpu"
+def _latencies(row: dict, prefix: str = "") -> str:
+    keys = ["latency_ms_avg"] + [f"latency_ms_p{q}" for q in LATENCY_PERCENTILES]
+    return " ".join(f"{_fmt(row.get(prefix + k), '.1f'):>7}" for k in keys)
+
+
+def print_infer_table(rows: list[dict]) -> None:
+    """One line per row: resnet_jax's img/s and latency (ms: mean, p90, p95, p99), then
+    ONNX Runtime's (with --onnx) and the PyTorch reference's img/s; the ratio is resnet_jax
+    img/s per device over the reference's."""
+    latency = " ".join(f"{h:>7}" for h in ("avg ms", "p90", "p95", "p99"))
+    head = (f"{'arch':<20} {'mode':<5} {'data':<9} {'prec':<4} {'batch':>5} {'img/s':>8} "
+            f"{latency} {'compile s':>9} {'MFU':>6} | {'onnx img/s':>10} {latency} | "
+            f"{'torch img/s':>11} {'ratio':>6} {'others':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['arch']:<20} {r['mode']:<5} {r['data']:<9} {r['precision']:<4} "
+              f"{r['per_device_batch']:>5} {r['images_per_sec']:>8.1f} {_latencies(r)} "
+              f"{r['compile_s']:>9.1f} {_mfu(r):>6} | "
+              f"{_fmt(r.get('onnx_images_per_sec'), '.1f'):>10} {_latencies(r, 'onnx_')} | "
+              f"{_fmt(r.get('torch_images_per_sec'), '.1f'):>11} "
+              f"{_fmt(r.get('ratio'), '.2f'):>6} {_others(r):>6}")
+    providers = sorted({f"{r['onnx_provider']} ({r['onnx_precision']} graph)" for r in rows
+                        if r.get("onnx_provider")})
+    if providers:
+        print(f"ONNX Runtime: {', '.join(providers)}; model alone, batch already on the device")
+
+
+def _mfu(row: dict) -> str:
+    return "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+
+
+def _parser(on_gpu: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", type=_archs, default=["resnet50_v15"],
                         help=f"comma-separated, of {', '.join(models.FULL_SIZE)} (or NVIDIA's "
@@ -453,8 +591,10 @@ def main() -> None:
                         default=["bf16" if on_gpu else "fp32"],
                         help="comma-separated, of fp32, tf32, bf16, fp16 (default: bf16 on "
                         "GPUs, fp32 otherwise)")
-    parser.add_argument("--batch-sizes", type=_csv(cast=int), default=[256 if on_gpu else 8],
-                        help="per device, comma-separated (default: 256 on GPUs, 8 otherwise)")
+    parser.add_argument("--batch-sizes", type=_csv(cast=int),
+                        help="per device, comma-separated, for both modes (default: train "
+                        f"256 on GPUs, 8 otherwise; infer {','.join(map(str, INFER_BATCHES_GPU))} "
+                        "on GPUs, 1,8 otherwise)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--modes", type=_csv(MODES), default=list(MODES),
                         help="comma-separated, of train, infer")
@@ -470,7 +610,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
                         help="run the PyTorch reference (default: when torch imports)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also time the inference rows' model exported to ONNX, in ONNX "
+                        "Runtime (needs pip install -e '.[export]')")
+    parser.add_argument("--onnx-provider", default="auto",
+                        choices=("auto", "tensorrt", "cuda", "cpu"),
+                        help="ONNX Runtime's execution provider (default: the first of "
+                        "tensorrt, cuda, cpu that this onnxruntime build has)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    return parser
+
+
+def main() -> None:
+    on_gpu = jax.default_backend() == "gpu"
+    parser = _parser(on_gpu)
     args = parser.parse_args()
     quiet.keep_own_lines()
     args.dali_backend = "dali_gpu" if on_gpu else "dali_cpu"
@@ -482,13 +635,27 @@ def main() -> None:
         parser.exit(2, f"error: {mismatch}\n")
     if args.steps < 1 or args.warmup_steps < 0:
         parser.error("--steps must be at least 1 and --warmup-steps at least 0")
+    onnx_versions = None
+    if args.onnx:
+        try:
+            onnx_export.require("torch", "onnx", "onnxruntime", purpose="--onnx")
+            onnx_export.providers(args.onnx_provider)
+        except ConfigError as error:
+            parser.exit(2, f"error: {error}\n")
+        import onnx
+        import onnxruntime
 
+        onnx_versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                         "exporter": "torchscript",
+                         "opset": onnx_export.OPSETS["torchscript"]}
+
+    batches = {"train": _train_batches(args, on_gpu), "infer": _infer_batches(args, on_gpu)}
     tmp = None
     if "dali" in args.data and not args.data_root:
         from resnet_jax.data import demo
 
         tmp = tempfile.TemporaryDirectory(prefix="benchmark_jpegs_")
-        biggest = max(args.batch_sizes) * jax.device_count()
+        biggest = max(max(batches[m]) for m in args.modes) * jax.device_count()
         per_class = max(2, math.ceil(2 * biggest / 5))
         print(f"no --data-root: drawing 5 x {per_class} JPEGs of 384 px into {tmp.name}",
               flush=True)
@@ -498,21 +665,29 @@ def main() -> None:
 
     device_kind = jax.devices()[0].device_kind
     rows = []
+    onnx_folder = tempfile.TemporaryDirectory(prefix="benchmark_onnx_") if args.onnx else None
+    sessions: dict = {}
     for arch in args.archs:
         macs = flops.forward_macs(models.create(arch), args.image_size)
         for precision_name in args.precisions:
             peak = peak_flops(device_kind, precision_name)
-            for batch in args.batch_sizes:
-                for data in args.data:
-                    for mode in args.modes:
+            for mode in args.modes:
+                for batch in batches[mode]:
+                    for data in args.data:
                         label = f"{arch} {mode} {data} {precision_name} batch {batch}"
                         print(f"running {label} ...", flush=True)
                         row = bench_jax(args, arch, precision_name, batch, data, mode)
-                        gc.collect()  # this row's state, batches and DALI pipeline
+                        onnx_input = row.pop("_onnx_input", None)
                         model_flops = 2 * macs * (3 if mode == "train" else 1)
                         row["gflops_per_image"] = model_flops / 1e9
                         row["mfu"] = (None if peak is None else row["images_per_sec"]
                                       * model_flops / (peak * row["devices"]))
+                        if onnx_input is not None:
+                            print(f"running {label} (ONNX Runtime) ...", flush=True)
+                            row.update(bench_onnx(args, sessions, onnx_folder.name, row,
+                                                  onnx_input))
+                        del onnx_input
+                        gc.collect()  # this row's state, batches and DALI pipeline
                         if run_torch:
                             print(f"running {label} (PyTorch reference) ...", flush=True)
                             row.update(bench_torch(args, arch, precision_name, batch, data,
@@ -523,23 +698,27 @@ def main() -> None:
                             row["ratio"] = (row["images_per_sec"] / row["devices"]
                                             / row["torch_images_per_sec"])
                         rows.append(row)
+        sessions.clear()  # this arch's ONNX Runtime sessions
     header = {
         "device_kind": device_kind, "platform": jax.default_backend(),
         "devices": jax.device_count(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-        "jax": jax.__version__, "torch": torch_version,
+        "jax": jax.__version__, "torch": torch_version, **(onnx_versions or {}),
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "timing": "median of per-step intervals, one step queued ahead",
+        "timing": "train: median of per-step intervals, one step queued ahead; infer: "
+                  "per-batch latency, blocking on each batch's logits",
     }
+    onnx_note = (f", onnxruntime {onnx_versions['onnxruntime']}" if onnx_versions else "")
     print(f"\n{device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-          f"{_cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__}, torch {torch_version}; "
-          f"{args.image_size} px, batch per device")
+          f"{_cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__}, torch {torch_version}"
+          f"{onnx_note}; {args.image_size} px, batch per device")
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)
-    if tmp is not None:
-        tmp.cleanup()
+    for folder in (tmp, onnx_folder):
+        if folder is not None:
+            folder.cleanup()
 
 
 if __name__ == "__main__":

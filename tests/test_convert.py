@@ -231,3 +231,12 @@ def test_export_command_writes_a_state_dict_that_runs(tmp_path, capsys):
     assert "holds no EMA of the weights" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="timm's SE gates: export it with --naming timm"):
         torch_convert.flax_to_torch("seresnext101_32x4d", {}, naming="nvidia")
+    # TensorFlow's padding (weights from NVIDIA's TF checkpoint): PyTorch's ResNets lack it.
+    same = str(tmp_path / "same")
+    convert.write_checkpoint(same, "resnet_tiny",
+                             torch_convert.torch_to_flax("resnet_tiny", _numpy_state_dict(model)),
+                             source="test", model_options={"padding": "same"})
+    assert export.main(["--checkpoint", same, "--format", "torch", "--output",
+                        str(tmp_path / "same.pth")]) == 2
+    assert "TensorFlow's padding ('same')" in capsys.readouterr().err
+    assert not (tmp_path / "same.pth").exists()
