@@ -358,7 +358,7 @@ def test_grayscale_and_cmyk_decode_to_rgb(root):
     data = evaluate(split, mesh_of(8), resize=IMAGE_SIZE, size=IMAGE_SIZE)
     images = np.concatenate([np.asarray(b["images"]) for b in data])[:len(split)]
     assert images.shape == (len(split), IMAGE_SIZE, IMAGE_SIZE, 3)
-    pixels = images * np.array(dali.STD) + np.array(dali.MEAN)
+    pixels = images * np.array(dali.NORMALIZE[1]) + np.array(dali.NORMALIZE[0])
     for i in odd:
         expected = np.asarray(Image.open(split.files[i]).convert("RGB"), np.float32)
         assert np.abs(pixels[i] - expected).mean() < 3, (split.files[i], modes[split.files[i]])
