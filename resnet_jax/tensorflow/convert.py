@@ -65,17 +65,13 @@ import jax
 import numpy as np
 
 from resnet_jax import models
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, ConversionError, describe_mismatch, first_items
 from resnet_jax.train.state import abstract_variables
 
 BN_EPSILON = 1e-5
 EVAL_RESIZE_SIZE, EVAL_IMAGE_SIZE, EVAL_ANTIALIAS = 256, 224, False
 # The name of output 1000 with --keep-background: no label of NVIDIA's training is 1000.
 UNUSED_CLASS = "unused output (never a training label)"
-
-
-class ConversionError(ConfigError):
-    """The checkpoint does not fit the architecture; the message names every bad variable."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +172,7 @@ def layout_of(names) -> Layout:
                               f"{' and '.join(scopes_of)}: convert a checkpoint of one model")
     raise ConversionError(
         f"the checkpoint is not NVIDIA's TensorFlow ResNet50: no variables under {expected} "
-        f"(its top-level names: {_first(scopes, ', ')})")
+        f"(its top-level names: {first_items(scopes, ', ')})")
 
 
 def check_arch(arch: str) -> str:
@@ -227,17 +223,10 @@ def tf_to_flax(arch: str, tensors, *, keep_unused_class: bool = False) -> Conver
             wrong_shape.append(f"{name} {value.shape} -> {'/'.join(path)} needs {spec.shape}")
             continue
         flat[collection][path] = value
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {_first(missing, ', ')}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {_first(unexpected, ', ')}")
-    if wrong_shape:
-        problems.append(f"wrong shape {len(wrong_shape)}: {_first(wrong_shape, '; ')}")
-    if problems:
+    if problems := describe_mismatch(missing, unexpected, wrong_shape):
         raise ConversionError(
             f"the checkpoint ({layout.scope}/) does not fit arch {arch} with {num_classes} "
-            f"classes: " + " | ".join(problems) + ". Is it NVIDIA's TensorFlow ResNet50 v1.5?")
+            f"classes: " + problems + ". Is it NVIDIA's TensorFlow ResNet50 v1.5?")
 
     drop = num_classes == 1001 and not keep_unused_class
     if drop:
@@ -262,12 +251,6 @@ def _others(tensors, names, scope: str) -> tuple[list[str], dict]:
         else:
             counts["other_variables"] += 1
     return sorted(unexpected), counts
-
-
-def _first(items: list[str], separator: str, shown: int = 6) -> str:
-    """The first `shown` items, and how many more."""
-    more = f"{separator}... {len(items) - shown} more" if len(items) > shown else ""
-    return separator.join(items[:shown]) + more
 
 
 class _Reader(Mapping):
@@ -307,7 +290,7 @@ def load_tf_checkpoint(path: str):
         raise ConfigError(
             f"--tf-checkpoint {path!r} is a folder without a 'checkpoint' file: pass the prefix "
             f"of one of its checkpoints (found: "
-            f"{_first([f[:-len('.index')] for f in found], ', ') or 'none'})")
+            f"{first_items([f[:-len('.index')] for f in found], ', ') or 'none'})")
     if not (os.path.isfile(prefix + ".index") or os.path.isdir(prefix)):
         raise ConfigError(
             f"--tf-checkpoint {path!r}: there is no {prefix + '.index'!r}: pass the "

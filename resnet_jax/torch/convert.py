@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from resnet_jax import models
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, ConversionError, describe_mismatch
 from resnet_jax.train.state import abstract_variables
 
 # Keys every PyTorch BatchNorm has and that have no Flax counterpart.
@@ -38,10 +38,6 @@ _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
 _SE_HINT = ("; SE gates of 16 units are NVIDIA's (--arch se_resnext101_32x4d), of channels/16 "
             "timm's (--arch seresnext101_32x4d)")
-
-
-class ConversionError(ConfigError):
-    """The state dict does not fit the architecture; the message names every bad key."""
 
 
 def naming_scheme(keys) -> str:
@@ -138,26 +134,13 @@ def torch_to_flax(arch: str, state_dict, *, num_classes: int | None = None) -> d
             flat[path] = value
         out[collection] = _unflatten(flat)
     unexpected = sorted(original for original, _ in tensors.values())
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {_first(missing, ', ')}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {_first(unexpected, ', ')}")
-    if wrong_shape:
-        problems.append(f"wrong shape {len(wrong_shape)}: {_first(wrong_shape, '; ')}")
-    if problems:
+    if problems := describe_mismatch(missing, unexpected, wrong_shape):
         raise ConversionError(
             f"the state dict ({naming_scheme(state_dict)} naming) does not fit arch {arch} "
-            f"with {num_classes} classes: " + " | ".join(problems)
+            f"with {num_classes} classes: " + problems
             + ". Check --arch (one of " + ", ".join(models.names()) + ")"
             + (_SE_HINT if se_gates else ""))
     return out
-
-
-def _first(items: list[str], separator: str, shown: int = 6) -> str:
-    """The first `shown` items, and how many more: a wrong arch can misfit hundreds of keys."""
-    more = f"{separator}... {len(items) - shown} more" if len(items) > shown else ""
-    return separator.join(items[:shown]) + more
 
 
 NAMINGS = ("nvidia", "nvidia_ngc", "nvidia_trt", "torchvision", "timm")
