@@ -60,13 +60,6 @@ def require(*packages: str, purpose: str = "the ONNX export") -> None:
                           f"{'is' if len(missing) == 1 else 'are'} not installed: {INSTALL_HINT}")
 
 
-def torch_scheme(arch: str) -> str:
-    """The reference model's naming that holds `arch`'s SE gates (any other arch: torchvision)."""
-    spec = models.SPECS[models.canonical(arch)]
-    return "nvidia" if spec.get("se_hidden") else "timm" if spec.get("se_reduction") else (
-        "torchvision")
-
-
 def reference_options(model_options: dict | None) -> dict:
     """The reference model's keyword arguments for a checkpoint's `model_options`; a
     ConfigError for an option the export would get wrong."""
@@ -92,7 +85,7 @@ def torch_module(arch: str, variables: dict, *, num_classes: int, precision: str
     from resnet_jax.torch import convert as torch_convert
     from resnet_jax.torch import reference
 
-    scheme = torch_scheme(arch)
+    scheme = torch_convert.native_naming(arch)
     options = reference_options(model_options)
     state_dict = torch_convert.flax_to_torch(arch, variables, naming=scheme)
     with torch.device("meta"):  # no initial weights drawn: they are all replaced

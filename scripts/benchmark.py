@@ -322,11 +322,10 @@ def torch_model(arch: str):
             return timm.create_model(name), f"timm {timm.__version__} {name}"
     except ImportError:
         pass
+    from resnet_jax.torch import convert as torch_convert
     from resnet_jax.torch import reference
 
-    spec = models.SPECS[arch]
-    scheme = ("nvidia" if spec.get("se_hidden") else "timm" if spec.get("se_reduction")
-              else "torchvision")
+    scheme = torch_convert.native_naming(arch)
     return reference.ResNet(arch, scheme), f"resnet_jax.torch.reference ({scheme})"
 
 

@@ -155,6 +155,14 @@ def _named(key: str, naming: str) -> str:
     return key
 
 
+def native_naming(arch: str) -> str:
+    """The naming that holds `arch` as its family publishes it: NVIDIA's for 16-unit SE
+    gates, timm's for channels/16 ones, torchvision's for the networks without SE."""
+    spec = models.SPECS[models.canonical(arch)]
+    return "nvidia" if spec.get("se_hidden") else "timm" if spec.get("se_reduction") else (
+        "torchvision")
+
+
 def flax_to_torch(arch: str, variables: dict, *, naming: str = "nvidia") -> dict:
     """A PyTorch state dict (numpy arrays) of `variables` in `naming`, `torch_to_flax` reversed.
 
