@@ -381,15 +381,16 @@ def _adopt_recorded(config: ml_collections.ConfigDict, meta: dict, path: str) ->
     """Evaluates the weights as they were trained: the model options (padding, BN epsilon)
     and the input normalization a checkpoint records win over the config's, with a log line
     for each that differs (older checkpoints record none)."""
-    recorded = {f"model.{k}": v for k, v in meta.get("model_options", {}).items()}
-    recorded.update({k: meta[k] for k in ("mean_rgb", "std_rgb") if k in meta})
-    for name, value in recorded.items():
-        section, key = (config.model, name[6:]) if name.startswith("model.") else (config, name)
+    recorded = [(config.model, "model.", key, value)
+                for key, value in meta.get("model_options", {}).items()]
+    recorded += [(config, "", key, meta[key]) for key in ("mean_rgb", "std_rgb") if key in meta]
+    for section, prefix, key, value in recorded:
+        # JSON gives lists back; the config holds tuples.
         mine = tuple(section[key]) if isinstance(value, list) else section[key]
         theirs = tuple(value) if isinstance(value, list) else value
         if mine != theirs:
-            reporting.log(f"{name}={theirs} as checkpoint {path!r} records (the config has "
-                          f"{mine})")
+            reporting.log(f"{prefix}{key}={theirs} as checkpoint {path!r} records (the config "
+                          f"has {mine})")
             section[key] = theirs
 
 
