@@ -37,7 +37,8 @@ def main(argv):
     try:
         config_lib.validate(config)
         # XLA flags are read when the backend starts, i.e. before the first JAX computation.
-        parallel.configure_runtime(deterministic=config.deterministic)
+        parallel.configure_runtime(deterministic=config.deterministic,
+                                   memory_fraction=parallel.memory_fraction(config))
         if config.mode == "train" and not FLAGS.workdir:
             raise ConfigError("--workdir is required for training: pass --workdir=runs/NAME")
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -10,6 +10,7 @@ import sys
 from conftest import run
 import pytest
 
+from resnet_jax import config as config_lib
 from resnet_jax import parallel
 from resnet_jax.errors import ConfigError
 
@@ -153,17 +154,43 @@ def test_gpu_flags_are_added_unless_the_user_set_them(monkeypatch):
     env = {"CUDA_VISIBLE_DEVICES": "0,1", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
     parallel.configure_runtime(environ=env)
     assert env["XLA_FLAGS"] == ("--xla_dump_to=/tmp/x "
-                                "--xla_gpu_enable_latency_hiding_scheduler=true")
+                                "--xla_gpu_enable_latency_hiding_scheduler=true "
+                                "--xla_gpu_enable_command_buffer=")
     assert cache_dirs and cache_dirs[0][0] == "jax_compilation_cache_dir"
     env = {"CUDA_VISIBLE_DEVICES": "0", "JAX_COMPILATION_CACHE_DIR": "/elsewhere",
-           "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=false"}
+           "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=false "
+                        "--xla_gpu_enable_command_buffer=FUSION"}
     parallel.configure_runtime(deterministic=True, environ=env)
     assert env["XLA_FLAGS"] == ("--xla_gpu_enable_latency_hiding_scheduler=false "
+                                "--xla_gpu_enable_command_buffer=FUSION "
                                 "--xla_gpu_deterministic_ops=true")
     assert len(cache_dirs) == 1  # the user's cache folder stands
     env = {"CUDA_VISIBLE_DEVICES": "", "JAX_COMPILATION_CACHE_DIR": "/elsewhere"}
-    parallel.configure_runtime(environ=env)  # no GPU: no GPU flags
-    assert "XLA_FLAGS" not in env
+    parallel.configure_runtime(environ=env)  # no GPU: no GPU flags, no memory setting
+    assert "XLA_FLAGS" not in env and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env
+
+
+def test_gpu_memory_split_is_explicit_unless_the_user_chose(monkeypatch):
+    monkeypatch.setattr(parallel.jax.config, "update", lambda name, value: None)
+    config = config_lib.recipe("resnet50_v15")
+    assert config.data.backend == "dali_gpu" and config.gpu_memory_fraction == 0
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    parallel.configure_runtime(memory_fraction=parallel.memory_fraction(config), environ=env)
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.7"  # the rest is DALI's
+    config.data.backend = "synthetic"
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    parallel.configure_runtime(memory_fraction=parallel.memory_fraction(config), environ=env)
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.9"
+    config.gpu_memory_fraction = 0.55
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    parallel.configure_runtime(memory_fraction=parallel.memory_fraction(config), environ=env)
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.55"
+    for variable in ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
+                     "XLA_PYTHON_CLIENT_ALLOCATOR"):
+        env = {"CUDA_VISIBLE_DEVICES": "0", variable: "0.3"}
+        parallel.configure_runtime(memory_fraction=0.55, environ=env)
+        assert env == {"CUDA_VISIBLE_DEVICES": "0", variable: "0.3",
+                       "XLA_FLAGS": env["XLA_FLAGS"]}  # the user's choice stands
 
 
 def test_this_jaxlib_knows_every_flag_set_for_gpus():
