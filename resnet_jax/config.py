@@ -93,6 +93,7 @@ def defaults() -> ml_collections.ConfigDict:
     # --- numerics safeguards -----------------------------------------------------------------
     config.loss_scale_init = 2.0**16
     config.loss_scale_growth_interval = 2000
+    config.loss_scale_max = 2.0**24  # the ceiling of the dynamic scale (NVIDIA's apex: 2**24)
     # Steps in a row with non-finite gradients that stop an fp16 run (bf16/fp32: the first).
     config.max_nonfinite_steps = 20
     # The data order, crops and flips always follow `seed` (a restart replays them);
@@ -190,6 +191,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"eval_image_size={config.eval_image_size}: the center crop must fit in the "
             "resized image"
         )
+    if not 1 <= config.loss_scale_init <= config.loss_scale_max:
+        raise ConfigError(f"loss_scale_init={config.loss_scale_init:g} must be in [1, "
+                          f"loss_scale_max={config.loss_scale_max:g}]: lower "
+                          "--config.loss_scale_init or raise --config.loss_scale_max")
     if not 0 <= config.gpu_memory_fraction < 1:
         raise ConfigError(f"gpu_memory_fraction={config.gpu_memory_fraction} must be in [0, 1): "
                           "the share of each GPU JAX takes, 0 for the default "

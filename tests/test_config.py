@@ -113,6 +113,10 @@ def _valid(tmp_path) -> ml_collections.ConfigDict:
      r"on the 0..255 scale \(--config.mean_rgb='\(R, G, B\)'\)"),
     ("std_rgb", (58.0, 0.0, 57.0), r"std_rgb=\(58.0, 0.0, 57.0\) must be 3 numbers, .*, all "
      r"positive"),
+    ("loss_scale_max", 1024.0, r"loss_scale_init=65536 must be in \[1, loss_scale_max=1024\]: "
+     r"lower --config.loss_scale_init or raise --config.loss_scale_max"),
+    ("gpu_memory_fraction", 1.0, r"gpu_memory_fraction=1.0 must be in \[0, 1\): the share of "
+     r"each GPU JAX takes"),
 ])
 def test_bad_choice_names_value_and_fix(tmp_path, field, value, message):
     config = _valid(tmp_path)

@@ -96,6 +96,21 @@ def test_loss_scale_doubles_after_growth_interval_finite_steps():
     assert float(scale) == 8.0
 
 
+def test_loss_scale_growth_stops_at_its_ceiling():
+    scale, good = jnp.float32(2.0**23), jnp.int32(0)
+    for expected_scale in (2.0**24, 2.0**24, 2.0**24):  # never 2**25, never inf
+        scale, good = precision.update_loss_scale(scale, good, jnp.bool_(True),
+                                                  growth_interval=1, enabled=True)
+        assert float(scale) == expected_scale
+    assert precision.MAX_LOSS_SCALE == 2.0**24  # NVIDIA apex's max_loss_scale
+    scale, good = precision.update_loss_scale(jnp.float32(64.0), jnp.int32(0), jnp.bool_(True),
+                                              growth_interval=1, enabled=True, max_scale=100.0)
+    assert float(scale) == 100.0
+    scale, good = precision.update_loss_scale(scale, good, jnp.bool_(False),
+                                              growth_interval=1, enabled=True, max_scale=100.0)
+    assert float(scale) == 50.0  # an overflow still halves it
+
+
 def test_global_bn_on_8_devices_equals_one_device():
     results = []
     for num_devices in (1, 8):

@@ -108,7 +108,8 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
         label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
         fp16=config.precision == "fp16",
         loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed,
-        accumulation_steps=accumulation, ema_decay=config.ema_decay)
+        accumulation_steps=accumulation, ema_decay=config.ema_decay,
+        loss_scale_max=config.loss_scale_max)
     eval_step = step_lib.make_eval_step(models.build(config, train=False), mesh)
 
     # --- checkpoint: resume, or start from init_checkpoint -----------------------------------

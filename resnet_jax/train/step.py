@@ -38,7 +38,8 @@ def mixup(rng, images, targets, alpha: float):
 
 def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smoothing: float,
                     mixup_alpha: float, fp16: bool, loss_scale_growth_interval: int, seed: int,
-                    accumulation_steps: int = 1, ema_decay: float = 0.0):
+                    accumulation_steps: int = 1, ema_decay: float = 0.0,
+                    loss_scale_max: float = precision.MAX_LOSS_SCALE):
     """Returns `train_step(state, batch) -> (state, metrics)`, jitted, the state donated.
 
     With `accumulation_steps` k > 1 each device splits its part of the batch
@@ -109,7 +110,7 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
         batch_stats = keep(batch_stats, state.batch_stats)
         loss_scale, good_steps = precision.update_loss_scale(
             state.loss_scale, state.good_steps, finite,
-            growth_interval=loss_scale_growth_interval, enabled=fp16,
+            growth_interval=loss_scale_growth_interval, enabled=fp16, max_scale=loss_scale_max,
         )
         metrics = dict(metrics, learning_rate=schedule(state.step), loss_scale=state.loss_scale,
                        grads_finite=finite.astype(jnp.float32))
