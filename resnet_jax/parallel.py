@@ -16,15 +16,39 @@ each process to GPU 0 of its node. The launches:
   (`--gpus-per-task`, `--gpu-bind`), in which case each keeps its own.
 * Open MPI 4 (`OMPI_MCA_orte_hnp_uri`) and 5 (PRRTE, `PMIX_NAMESPACE`):
   the same rule, from the `OMPI_COMM_WORLD_*` variables.
+* Kubernetes: one pod per node of an Indexed Job (scripts/k8s/resnet50.yaml),
+  each pod one process driving every GPU of the pod. Kubernetes sets
+  $JOB_COMPLETION_INDEX (the process id); the manifest sets $JOB_COMPLETIONS
+  (the Job's `completions`, the process count), $JOB_SERVICE (the headless
+  Service named in the pod's `subdomain`) and $JOB_NAME (from the pod's
+  `batch.kubernetes.io/job-name` label; else $HOSTNAME, `<job>-<index>` in an
+  Indexed Job, gives it). Process 0 is then `<job>-0.<service>`, port
+  $JAX_COORDINATOR_PORT or 55527 (JAX's Kubernetes default). A JobSet with one
+  Job per replicated job (`replicas: 1`) gives the same variables (its Job is
+  `<jobset>-<name>-0`, its default subdomain the JobSet's name).
+  JAX's own Kubernetes detection is not used: it imports the `kubernetes`
+  package (not a dependency here) and asks the API server for the pod, the
+  Job and the Services, so every pod needs a service account allowed to list
+  pods and services and read Jobs (a Role and RoleBinding many clusters do not
+  give training jobs), and it cannot be tested without a cluster. The pod's
+  environment says all that is needed, and is tested like SLURM's.
 * Explicit: `--coordinator_address`, `--num_processes`, `--process_id`
   (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID), and
   $JAX_LOCAL_DEVICE_IDS to choose the GPUs. Explicit values win over the
   launcher's.
+
+Before joining, `check_coordinator` stops with one error line when the join
+cannot happen, instead of JAX's silent 300 s timeout: process 0's host must
+resolve, and the other processes must reach its port within
+$RESNET_JAX_COORDINATOR_WAIT seconds (default 120; process 0 opens the port
+only when it joins, so it is not checked itself).
 """
 
 import dataclasses
 import os
 import re
+import socket
+import time
 
 from absl import logging
 import jax
@@ -39,6 +63,12 @@ AXIS = "data"
 # The coordinator's port when the launcher gives none: JAX's choice, from the job id, in
 # [61440, 65535]; $JAX_COORDINATOR_PORT overrides it.
 _PORT_BASE, _PORT_RANGE = 65536 - 2**12, 2**12
+# The coordinator's port in a Kubernetes pod when $JAX_COORDINATOR_PORT is unset: JAX's own
+# choice there (every pod has its own network namespace, so a fixed port is free).
+_K8S_PORT = 55527
+# How long the processes other than 0 wait for process 0's port to open (seconds).
+COORDINATOR_WAIT_ENV = "RESNET_JAX_COORDINATOR_WAIT"
+DEFAULT_COORDINATOR_WAIT = 120.0
 # Where the NVIDIA driver lists a node's GPUs, one folder each.
 _NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
 
@@ -47,7 +77,7 @@ _NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
 class Launch:
     """How this process joins the job, and which GPUs it drives."""
 
-    launcher: str  # "slurm", "openmpi", "flags" (explicit values), or "single"
+    launcher: str  # "slurm", "openmpi", "kubernetes", "flags" (explicit values), or "single"
     num_processes: int = 1
     process_id: int = 0
     coordinator_address: str | None = None
@@ -220,6 +250,36 @@ def _openmpi(environ) -> Launch | None:
                   _int(environ, "OMPI_COMM_WORLD_LOCAL_SIZE") or 1, read=tuple(read))
 
 
+def _kubernetes(environ) -> Launch | None:
+    """A pod of an Indexed Job (or a JobSet's) that sets $JOB_COMPLETIONS > 1, or None.
+
+    An Indexed Job without $JOB_COMPLETIONS runs independent pods (a sweep, say):
+    each is a single process.
+    """
+    if "JOB_COMPLETION_INDEX" not in environ:
+        return None
+    num_processes = _int(environ, "JOB_COMPLETIONS")
+    if not num_processes or num_processes <= 1:
+        return None
+    index = _int(environ, "JOB_COMPLETION_INDEX") or 0
+    read = ["JOB_COMPLETION_INDEX", "JOB_COMPLETIONS"]
+    job = environ.get("JOB_NAME", "").strip()
+    hostname, suffix = environ.get("HOSTNAME", "").strip(), f"-{index}"
+    if job:
+        read.append("JOB_NAME")
+    elif hostname.endswith(suffix) and len(hostname) > len(suffix):
+        job = hostname[:-len(suffix)]  # an Indexed Job's pod is named <job>-<index>
+        read.append("HOSTNAME")
+    else:
+        read.append("JOB_NAME")
+    service = environ.get("JOB_SERVICE", "").strip()
+    read.append("JOB_SERVICE")
+    coordinator = None
+    if job and service:
+        coordinator = f"{job}-0.{service}:{_int(environ, 'JAX_COORDINATOR_PORT') or _K8S_PORT}"
+    return Launch("kubernetes", num_processes, index, coordinator, read=tuple(read))
+
+
 def visible_gpus(environ=None) -> int | None:
     """GPUs CUDA will show this process (CUDA_VISIBLE_DEVICES, else the driver's list), or None."""
     environ = os.environ if environ is None else environ
@@ -277,7 +337,7 @@ def plan(coordinator_address: str | None = None, num_processes: int | None = Non
     if process_id is None:
         process_id = _int(environ, "JAX_PROCESS_ID")
     # Open MPI first: mpirun inside a SLURM allocation also leaves SLURM's variables.
-    launcher = _openmpi(environ) or _slurm(environ)
+    launcher = _openmpi(environ) or _slurm(environ) or _kubernetes(environ)
     explicit = (coordinator_address, num_processes, process_id)
     if launcher is None:
         if (num_processes or 1) <= 1:
@@ -300,15 +360,92 @@ def plan(coordinator_address: str | None = None, num_processes: int | None = Non
     if launch.num_processes <= 1:
         return Launch("single")
     if launch.coordinator_address is None:
-        raise ConfigError(
-            f"cannot tell where process 0 runs from the {launcher.launcher} launch "
-            f"({launch.describe()}): pass --coordinator_address=HOST:PORT of the host of "
-            "process 0 (or set $JAX_COORDINATOR_ADDRESS, e.g. mpirun -x "
-            "JAX_COORDINATOR_ADDRESS=$(hostname):12345)")
+        if launcher.launcher == "kubernetes":
+            fix = ("set $JOB_SERVICE to the headless Service named in the pod's subdomain and "
+                   "$JOB_NAME to the Job's name (see scripts/k8s/resnet50.yaml)")
+        else:
+            fix = ("pass --coordinator_address=HOST:PORT of the host of process 0 (or set "
+                   "$JAX_COORDINATOR_ADDRESS, e.g. mpirun -x "
+                   "JAX_COORDINATOR_ADDRESS=$(hostname):12345)")
+        raise ConfigError(f"cannot tell where process 0 runs from the {launcher.launcher} "
+                          f"launch ({launch.describe()}): {fix}")
     if not 0 <= launch.process_id < launch.num_processes:
         raise ConfigError(f"process id {launch.process_id} is not in 0..{launch.num_processes - 1} "
                           f"({launch.describe()}): check --process_id and --num_processes")
     return _gpu_share(launch, environ, gpus)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"coordinator address {address!r} is not HOST:PORT: pass "
+                          "--coordinator_address=HOST:PORT, e.g. node0:12345")
+    return host.strip("[]"), int(port)  # [::1]:80 -> ::1
+
+
+def coordinator_wait(environ=None) -> float:
+    """Seconds to wait for process 0's port: $RESNET_JAX_COORDINATOR_WAIT, else the default."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(COORDINATOR_WAIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_COORDINATOR_WAIT
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = -1.0
+    if not wait >= 0:
+        raise ConfigError(f"{COORDINATOR_WAIT_ENV}={text!r} is not a number of seconds: set it "
+                          f"like 300 (0: do not wait for process 0) or unset it "
+                          f"({DEFAULT_COORDINATOR_WAIT:g} s)")
+    return wait
+
+
+def check_coordinator(launch: Launch, environ=None) -> None:
+    """Stops with one ConfigError when joining `launch` cannot work, before JAX tries to.
+
+    Process 0's host must resolve: at once, except in Kubernetes, where pod 0's
+    name appears only once the pod has an address, and on a temporary DNS
+    failure; those are retried for the wait. The other processes then connect
+    to process 0's port until it answers (process 0 opens it only inside
+    `jax.distributed.initialize`, and may start later), for at most
+    `coordinator_wait()` seconds (0: no reachability check).
+    """
+    address = launch.coordinator_address
+    host, port = _host_port(address)
+    wait = coordinator_wait(environ)
+    deadline = time.monotonic() + wait
+    kubernetes = "JOB_COMPLETION_INDEX" in launch.read
+    where = (f"process {launch.process_id} of {launch.num_processes} cannot join: the "
+             f"coordinator address {address} (from {launch.describe()})")
+    while True:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            break
+        except socket.gaierror as error:
+            if not (kubernetes or error.errno == socket.EAI_AGAIN) or (
+                    time.monotonic() >= deadline):
+                fix = ("check that the headless Service $JOB_SERVICE exists and is the pod "
+                       "template's subdomain, and that $JOB_NAME is the Job's name"
+                       if kubernetes else
+                       "pass --coordinator_address=HOST:PORT with a name or address of "
+                       "process 0's node that every node resolves")
+                raise ConfigError(f"{where} does not resolve ({error.strerror}): {fix}") from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    if launch.process_id == 0 or wait == 0:
+        return
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, max(0.1, left))):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+                raise ConfigError(
+                    f"{where} does not answer after {wait:g} s ({reason}): check that process "
+                    f"0 was started and runs on {host}, that port {port} is open between the "
+                    f"nodes, or set {COORDINATOR_WAIT_ENV}=SECONDS to wait longer") from None
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -316,11 +453,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     """Joins the other processes of a multi-process job (a no-op for one); returns the launch.
 
     Must run before anything else uses JAX. A failure to join is a ConfigError
-    that names the launcher variables read and the values used.
+    that names the launcher variables read and the values used; one that can be
+    foreseen (see `check_coordinator`) comes before JAX's own 300 s timeout.
     """
     global _LAUNCH
     launch = plan(coordinator_address, num_processes, process_id)
     if launch.num_processes > 1:
+        check_coordinator(launch)
         try:
             jax.distributed.initialize(
                 launch.coordinator_address, launch.num_processes, launch.process_id,

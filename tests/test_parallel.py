@@ -1,13 +1,19 @@
-"""Launches: what each process of a SLURM, Open MPI or explicit launch joins and drives.
+"""Launches: what each process of a SLURM, Open MPI, Kubernetes or explicit launch joins and
+drives, and a join that cannot happen stopping at once.
 
 `parallel.plan` reads a launcher's environment as it is on a real node; each
 case gives the environment a process would see and checks the coordinator,
 process count and id, and the GPUs it drives (None: every GPU it sees).
+`parallel.check_coordinator` runs before JAX joins: an unresolvable host or a
+port that never opens is one error line within seconds, not JAX's 300 s wait.
 """
 
+import socket
 import sys
+import threading
+import time
 
-from conftest import run
+from conftest import error_line, main_command, run
 import pytest
 
 from resnet_jax import config as config_lib
@@ -136,6 +142,152 @@ def test_explicit_values_and_local_device_ids():
         parallel.plan("h:1", 2, 2, environ={})
     with pytest.raises(ConfigError, match="JAX_LOCAL_DEVICE_IDS='a,b' is not a list"):
         parallel.plan("h:1", 2, 0, environ={"JAX_LOCAL_DEVICE_IDS": "a,b"})
+
+
+def _pod(index, *, completions=2, job="resnet-jax", service="resnet-jax", **extra):
+    """What scripts/k8s/resnet50.yaml gives pod `index` of its Indexed Job."""
+    env = {"JOB_COMPLETION_INDEX": str(index), "JOB_COMPLETIONS": str(completions),
+           "JOB_NAME": job, "JOB_SERVICE": service, "HOSTNAME": f"{job}-{index}",
+           "KUBERNETES_SERVICE_HOST": "10.0.0.1", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+    env.update(extra)
+    return env
+
+
+def test_kubernetes_indexed_job_pods_join_pod_0_through_the_headless_service():
+    for index in (0, 3):
+        launch = parallel.plan(environ=_pod(index, completions=4))
+        assert (launch.launcher, launch.num_processes, launch.process_id) == (
+            "kubernetes", 4, index)
+        assert launch.coordinator_address == "resnet-jax-0.resnet-jax:55527"
+        assert launch.local_device_ids is None and launch.expected_gpus == 8
+        assert launch.describe() == "JOB_COMPLETION_INDEX, JOB_COMPLETIONS, JOB_NAME, JOB_SERVICE"
+    launch = parallel.plan(environ=_pod(1, JAX_COORDINATOR_PORT="12345"))
+    assert launch.coordinator_address == "resnet-jax-0.resnet-jax:12345"
+    # Without $JOB_NAME, the pod's hostname (<job>-<index>) gives the Job's name.
+    env = _pod(1, job="rn50")
+    del env["JOB_NAME"]
+    launch = parallel.plan(environ=env)
+    assert launch.coordinator_address == "rn50-0.resnet-jax:55527" and "HOSTNAME" in launch.read
+    # A JobSet's Job is <jobset>-<replicated job>-<i>, its default subdomain the JobSet's name.
+    launch = parallel.plan(environ=_pod(1, job="rn50-workers-0", service="rn50"))
+    assert launch.coordinator_address == "rn50-workers-0-0.rn50:55527"
+
+
+def test_kubernetes_launch_needs_the_service_and_a_valid_index():
+    with pytest.raises(ConfigError, match=r"cannot tell where process 0 runs from the kubernetes "
+                                          r"launch \(.*JOB_SERVICE\): set \$JOB_SERVICE"):
+        parallel.plan(environ=_pod(1, service=""))
+    with pytest.raises(ConfigError, match=r"process id 2 is not in 0..1 \(JOB_COMPLETION_INDEX"):
+        parallel.plan(environ=_pod(2))
+    with pytest.raises(ConfigError, match="JOB_COMPLETIONS='two' is not a whole number"):
+        parallel.plan(environ=_pod(1, completions="two"))
+    # An Indexed Job without JOB_COMPLETIONS (a sweep of independent runs), or of one pod.
+    env = _pod(1)
+    del env["JOB_COMPLETIONS"]
+    assert parallel.plan(environ=env).launcher == "single"
+    assert parallel.plan(environ=_pod(0, completions=1)).launcher == "single"
+    # Explicit values win over the pod's.
+    launch = parallel.plan("head:1", environ=_pod(1))
+    assert (launch.launcher, launch.coordinator_address, launch.process_id) == (
+        "flags", "head:1", 1)
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_unresolvable_coordinator_stops_at_once_naming_the_address():
+    launch = parallel.plan("nonexistent-host.invalid:1234", 2, 1, environ={}, gpus=None)
+    start = time.monotonic()
+    # The wait only bounds a resolver that cannot answer (EAI_AGAIN): a name that does not
+    # exist is final at once outside Kubernetes.
+    with pytest.raises(ConfigError, match=r"process 1 of 2 cannot join: the coordinator address "
+                                          r"nonexistent-host.invalid:1234 \(from "
+                                          r"--coordinator_address, .*\) does not resolve .*: "
+                                          r"pass --coordinator_address=HOST:PORT"):
+        parallel.check_coordinator(launch, environ={"RESNET_JAX_COORDINATOR_WAIT": "3"})
+    assert time.monotonic() - start < 4
+    # Process 0 looks its own name up too: every process connects to it.
+    launch = parallel.plan("nonexistent-host.invalid:1234", 2, 0, environ={}, gpus=None)
+    with pytest.raises(ConfigError, match="does not resolve"):
+        parallel.check_coordinator(launch, environ={"RESNET_JAX_COORDINATOR_WAIT": "3"})
+
+
+def test_kubernetes_waits_for_pod_0_name_then_names_the_service():
+    env = _pod(1, service="no-such-service.invalid", RESNET_JAX_COORDINATOR_WAIT="1")
+    launch = parallel.plan(environ=env)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"resnet-jax-0.no-such-service.invalid:55527 \(from "
+                                          r"JOB_COMPLETION_INDEX, .*\) does not resolve .*: "
+                                          r"check that the headless Service \$JOB_SERVICE"):
+        parallel.check_coordinator(launch, environ=env)
+    assert 0.9 < time.monotonic() - start < 4  # retried for the wait: pod 0 may come later
+
+
+def test_unreachable_coordinator_port_stops_after_the_wait():
+    address = f"localhost:{_closed_port()}"
+    launch = parallel.plan(address, 2, 1, environ={}, gpus=None)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"process 1 of 2 cannot join: the coordinator address "
+                                          rf"{address} \(from --coordinator_address, .*\) does "
+                                          rf"not answer after 1 s .*: check that process 0 was "
+                                          rf"started .* RESNET_JAX_COORDINATOR_WAIT=SECONDS"):
+        parallel.check_coordinator(launch, environ={"RESNET_JAX_COORDINATOR_WAIT": "1"})
+    assert time.monotonic() - start < 4
+    # Process 0 opens the port only when it joins: it is not checked. Nor with a wait of 0.
+    start = time.monotonic()
+    parallel.check_coordinator(parallel.plan(address, 2, 0, environ={}, gpus=None),
+                               environ={"RESNET_JAX_COORDINATOR_WAIT": "1"})
+    parallel.check_coordinator(launch, environ={"RESNET_JAX_COORDINATOR_WAIT": "0"})
+    assert time.monotonic() - start < 0.5
+
+
+def test_coordinator_that_opens_later_is_waited_for():
+    server = socket.socket()
+    server.bind(("localhost", 0))
+    address = f"localhost:{server.getsockname()[1]}"
+    opener = threading.Timer(0.7, server.listen)  # process 0 starts a little later
+    opener.start()
+    try:
+        start = time.monotonic()
+        parallel.check_coordinator(parallel.plan(address, 2, 1, environ={}, gpus=None),
+                                   environ={"RESNET_JAX_COORDINATOR_WAIT": "10"})
+        assert 0.6 < time.monotonic() - start < 5
+    finally:
+        opener.join()
+        server.close()
+
+
+def test_coordinator_wait_is_a_number_of_seconds():
+    assert parallel.coordinator_wait({}) == parallel.DEFAULT_COORDINATOR_WAIT == 120
+    assert parallel.coordinator_wait({"RESNET_JAX_COORDINATOR_WAIT": " 2.5 "}) == 2.5
+    for bad in ("soon", "-1", "nan"):
+        with pytest.raises(ConfigError, match=f"RESNET_JAX_COORDINATOR_WAIT='{bad}' is not a "
+                                              "number of seconds: set it like 300"):
+            parallel.coordinator_wait({"RESNET_JAX_COORDINATOR_WAIT": bad})
+    launch = parallel.plan("node0", 2, 1, environ={}, gpus=None)
+    with pytest.raises(ConfigError, match="coordinator address 'node0' is not HOST:PORT"):
+        parallel.check_coordinator(launch, environ={})
+
+
+@pytest.mark.parametrize("host, problem", [("nonexistent-host.invalid", "does not resolve"),
+                                           ("localhost", "does not answer after 1 s")])
+def test_command_that_cannot_join_says_so_in_one_line(tmp_path, host, problem):
+    for split in ("train", "val"):  # the data is read only after the join
+        (tmp_path / "data" / split).mkdir(parents=True)
+    address = f"{host}:{_closed_port()}"
+    start = time.monotonic()
+    result = run(main_command(tmp_path / "run", tmp_path / "data",
+                              f"--coordinator_address={address}", "--num_processes=2",
+                              "--process_id=1"),
+                 RESNET_JAX_COORDINATOR_WAIT="1", timeout=60)
+    line = error_line(result)
+    assert line.startswith(f"error: process 1 of 2 cannot join: the coordinator address "
+                           f"{address} (from --coordinator_address, "), line
+    assert problem in line
+    assert time.monotonic() - start < 30  # seconds (start-up included), not JAX's 300
 
 
 def test_no_launcher_is_a_single_process():
