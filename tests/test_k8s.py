@@ -109,9 +109,11 @@ def test_a_preempted_pod_saves_and_is_replaced(objects):
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"  # a pod failure policy needs it
     assert spec["backoffLimit"] >= 1
-    [rule] = spec["podFailurePolicy"]["rules"]
-    assert rule["action"] == "Ignore"
-    assert rule["onPodConditions"] == [{"type": "DisruptionTarget"}]
+    preempted, hopeless = spec["podFailurePolicy"]["rules"]  # the first that matches applies
+    assert preempted == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    # main's exit codes for a ConfigError and a TrainingError: a retry would fail the same way.
+    assert hopeless == {"action": "FailJob", "onExitCodes": {
+        "containerName": "train", "operator": "In", "values": [2, 3]}}
     assert pod["terminationGracePeriodSeconds"] >= 120  # to the next logged step, then save
     script = _container(objects["Job"])["args"][0]
     assert "trap " in script and "exit 143" in script  # not 0: the Job would count it done
