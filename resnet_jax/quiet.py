@@ -7,7 +7,8 @@ restore-only checkpoint manager opens. None of it is news to a user.
 
 `quiet_native_logs()` runs when the package is imported, so before
 TensorFlow loads and before XLA starts a backend: it sets
-TF_CPP_MIN_LOG_LEVEL to 2 (errors only). `keep_own_lines()` is what the
+TF_CPP_MIN_LOG_LEVEL to 2 (errors only), and TF_ENABLE_ONEDNN_OPTS to 0
+unless set (TensorFlow's oneDNN notice ignores the log level). `keep_own_lines()` is what the
 commands call: Python log records of other libraries are kept only from
 WARNING up, and Orbax's notes about read-only managers are dropped.
 
@@ -22,6 +23,13 @@ VERBOSE_ENV = "RESNET_JAX_VERBOSE"
 _NATIVE_ENV = "TF_CPP_MIN_LOG_LEVEL"
 _NATIVE_QUIET = 2  # 0 INFO, 1 WARNING, 2 ERROR: TensorFlow's and XLA's C++ logs
 _original_native = os.environ.get(_NATIVE_ENV)
+# TensorFlow announces that oneDNN's custom operations are on (port.cc) whatever
+# TF_CPP_MIN_LOG_LEVEL says, on CPUs where it turns them on (seen with tensorflow-cpu 2.21 on
+# an AMD EPYC with AVX512_BF16). TensorFlow only writes TensorBoard events and reads
+# checkpoints here, so its oneDNN graph rewrites do nothing for us: they are turned off
+# unless the user chose, or asked for every library's lines.
+_ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+_original_onednn = os.environ.get(_ONEDNN_ENV)
 
 # Orbax warns whenever a restore-only checkpoint manager opens (eval, classify, fine-tuning).
 _LIBRARY_NOTES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
@@ -41,6 +49,7 @@ def quiet_native_logs() -> None:
     except ValueError:
         level = 0
     os.environ[_NATIVE_ENV] = str(max(level, _NATIVE_QUIET))
+    os.environ.setdefault(_ONEDNN_ENV, "0")
 
 
 def set_verbose() -> None:
@@ -49,10 +58,11 @@ def set_verbose() -> None:
     Takes effect for C++ logs only if called before TensorFlow loads and XLA starts.
     """
     os.environ[VERBOSE_ENV] = "1"
-    if _original_native is None:
-        os.environ.pop(_NATIVE_ENV, None)
-    else:
-        os.environ[_NATIVE_ENV] = _original_native
+    for name, original in ((_NATIVE_ENV, _original_native), (_ONEDNN_ENV, _original_onednn)):
+        if original is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = original
 
 
 class _OwnLinesOnly(logging.Filter):

@@ -71,8 +71,13 @@ def test_library_info_and_orbax_notes_are_dropped_ours_and_warnings_kept():
 def test_native_logs_quiet_unless_verbose(monkeypatch):
     monkeypatch.delenv(quiet.VERBOSE_ENV, raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     quiet.quiet_native_logs()
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"  # its notice ignores the log level
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")  # the user's choice stands
+    quiet.quiet_native_logs()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")  # quieter already: kept
     quiet.quiet_native_logs()
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
@@ -91,3 +96,9 @@ def test_verbose_run_shows_the_libraries_lines(tmp_path):
     assert "PjRt" in result.stderr or "device count" in result.stderr, result.output
     quiet_result = run([sys.executable, "-c", "import resnet_jax, jax; jax.devices()"])
     assert quiet_result.output == ""
+
+
+def test_tensorflow_loads_without_a_line():
+    """clu's TensorBoard writer loads TensorFlow, which has notices of its own (oneDNN)."""
+    result = run([sys.executable, "-c", "import resnet_jax, tensorflow"])
+    assert result.returncode == 0 and result.output == "", result.output
