@@ -93,9 +93,14 @@ class Progress:
     for them to finish, so that their time counts as training, not as eval.
     """
 
-    def __init__(self, *, total_steps: int, start_step: int, global_batch_size: int):
+    def __init__(self, *, total_steps: int, start_step: int, global_batch_size: int,
+                 flops_per_image: float | None = None, peak_flops: float | None = None):
+        """`flops_per_image`: model FLOPs of one training image (None: no TFLOP/s);
+        `peak_flops`: the dense peak of all devices together (None: no MFU)."""
         self.total_steps = total_steps
         self.global_batch_size = global_batch_size
+        self.flops_per_image = flops_per_image
+        self.peak_flops = peak_flops
         self._last_step = start_step
         self._last_time = time.perf_counter()
         self._train_seconds = 0.0
@@ -107,15 +112,25 @@ class Progress:
         self._last_step, self._last_time = step, time.perf_counter()
 
     def mark(self, step: int) -> dict:
-        """Speed since the previous mark, as {'images_per_sec', 'steps_per_sec'}."""
+        """Speed since the previous mark: {'images_per_sec', 'steps_per_sec'}, and
+        'tflops_per_sec' and 'mfu' where the model's FLOPs and the devices' peak are known.
+
+        Images over the wall time of the whole interval (pauses excluded), not a
+        mean of per-step rates, which overstates a run with uneven steps.
+        """
         now = time.perf_counter()
         elapsed = max(now - self._last_time, 1e-9)
         steps = step - self._last_step
         self._last_step, self._last_time = step, now
         self._train_seconds += elapsed
         self._steps_timed += steps
-        return {"steps_per_sec": steps / elapsed,
-                "images_per_sec": steps * self.global_batch_size / elapsed}
+        images_per_sec = steps * self.global_batch_size / elapsed
+        speed = {"steps_per_sec": steps / elapsed, "images_per_sec": images_per_sec}
+        if self.flops_per_image:
+            speed["tflops_per_sec"] = images_per_sec * self.flops_per_image / 1e12
+            if self.peak_flops:
+                speed["mfu"] = images_per_sec * self.flops_per_image / self.peak_flops
+        return speed
 
     def eta_seconds(self, step: int) -> float:
         """Training time left at the average speed so far."""
@@ -143,13 +158,28 @@ class Progress:
     def line(self, step: int, epoch: float, num_epochs: int, metrics: dict, speed: dict) -> str:
         """One human line: where the run is, how it learns, how fast, how long to go."""
         eta = self.eta_seconds(step)
+        compute = ""
+        if "tflops_per_sec" in speed:
+            compute = f" {speed['tflops_per_sec']:,.1f} TFLOP/s"
+        if "mfu" in speed:
+            compute += f" MFU {100 * speed['mfu']:.1f}%"
         return (
             f"epoch {epoch:.2f}/{num_epochs} step {step}/{self.total_steps} | "
             f"loss {metrics['loss']:.4f} top1 {100 * metrics['top1']:.1f}% "
-            f"lr {metrics['learning_rate']:.4g} | {speed['images_per_sec']:,.0f} img/s | "
+            f"lr {metrics['learning_rate']:.4g} | {speed['images_per_sec']:,.0f} img/s"
+            f"{compute} | "
             f"ETA {format_duration(eta) if eta == eta else '?'} | "
             f"eval+checkpoint {format_duration(self.paused_seconds)}"
         )
+
+
+def peak_memory_bytes() -> int | None:
+    """The largest allocator peak over this process's devices, or None where the devices
+    keep no statistics (CPUs)."""
+    peaks = [(device.memory_stats() or {}).get("peak_bytes_in_use")
+             for device in jax.local_devices()]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) if peaks else None
 
 
 def log(message: str) -> None:

@@ -39,9 +39,9 @@ model alone, on the synthetic rows' batch (the DALI rows have no ONNX
 column). `onnx_max_rel_diff` in the JSON says how far its logits are from
 resnet_jax's on the same images (max |difference| / max |logit|).
 
-MFU counts model FLOPs
-only: 2 x the forward multiply-accumulates per image, x3 for training, over
-the device's dense peak (n/a for unknown devices and CPUs). 'peak mem' is the
+MFU counts model FLOPs only (resnet_jax.bench.hardware): 2 x the forward
+multiply-accumulates per image, x3 for training, over the device's dense
+peak (n/a for unknown devices and CPUs). 'peak mem' is the
 device allocator's peak so far in this process (GPUs; rows run in order),
 'xla mem' XLA's compiled size of the step (arguments, outputs, temporaries),
 'others' the share of the cores that other processes used meanwhile.
@@ -55,7 +55,9 @@ label smoothing 0.1, backward, SGD with momentum 0.875; on GPUs
 channels_last and autocast for bf16/fp16 (GradScaler for fp16), TF32 only
 for tf32; on CPUs fp32 with torch.set_num_threads(cores) (autocast for
 bf16/fp16 rows). The ratio is resnet_jax img/s per device over the
-reference's img/s.
+reference's img/s. A PyTorch that cannot use the device JAX runs on (a CUDA
+13 build on a CUDA 12 driver, a CPU build on a GPU node) drops the PyTorch
+column with a warning; with --torch it is an error instead.
 """
 
 # isort: off
@@ -81,6 +83,7 @@ import numpy as np
 
 from resnet_jax import config as config_lib
 from resnet_jax import models, onnx_export, parallel, quiet
+from resnet_jax.bench.hardware import mfu, model_flops_per_image, peak_flops
 from resnet_jax.data.source import num_threads
 from resnet_jax.errors import ConfigError
 from resnet_jax.models import flops
@@ -95,28 +98,10 @@ LATENCY_PERCENTILES = (90, 95, 99)
 # no bf16 convolutions).
 ONNX_PRECISIONS = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16"}
 
-# Dense peak FLOP/s per device by device kind (first match wins), from NVIDIA's data sheets.
-_H100_SXM = {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12}
-PEAK_FLOPS = (
-    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12}),
-    ("H100 NVL", {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12}),
-    ("H100", _H100_SXM),
-    ("H200", _H100_SXM),
-    ("A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
-)
-
 # timm's names for the models it has (torchvision has only ResNet50; NVIDIA's
 # SE-ResNeXt, with 16-unit SE gates, is in neither: resnet_jax.torch.reference has it).
 _TIMM_NAMES = {"resnet50_v15": "resnet50", "resnext101_32x4d": "resnext101_32x4d",
                "seresnext101_32x4d": "seresnext101_32x4d"}
-
-
-def peak_flops(device_kind: str, precision_name: str) -> float | None:
-    """The device's dense peak FLOP/s in this precision, or None when unknown."""
-    for name, peaks in PEAK_FLOPS:
-        if name.lower() in device_kind.lower():
-            return peaks[precision_name]
-    return None
 
 
 def _csv(choices=None, cast=str):
@@ -631,7 +616,12 @@ def main() -> None:
         parser.error("--torch: torch does not import; install it or pass --no-torch")
     run_torch = torch_version is not None if args.torch is None else args.torch
     if run_torch and (mismatch := torch_device_mismatch(jax.default_backend())):
-        parser.exit(2, f"error: {mismatch}\n")
+        if args.torch:  # asked for by name: no comparison is better than a wrong one
+            parser.exit(2, f"error: {mismatch}\n")
+        # E.g. a CUDA 13 build of PyTorch on a CUDA 12 driver: the JAX rows are still worth
+        # having, without the PyTorch column.
+        print(f"warning: no PyTorch column: {mismatch}", file=sys.stderr, flush=True)
+        run_torch = False
     if args.steps < 1 or args.warmup_steps < 0:
         parser.error("--steps must be at least 1 and --warmup-steps at least 0")
     onnx_versions = None
@@ -677,10 +667,10 @@ def main() -> None:
                         print(f"running {label} ...", flush=True)
                         row = bench_jax(args, arch, precision_name, batch, data, mode)
                         onnx_input = row.pop("_onnx_input", None)
-                        model_flops = 2 * macs * (3 if mode == "train" else 1)
+                        model_flops = model_flops_per_image(macs, train=mode == "train")
                         row["gflops_per_image"] = model_flops / 1e9
-                        row["mfu"] = (None if peak is None else row["images_per_sec"]
-                                      * model_flops / (peak * row["devices"]))
+                        row["mfu"] = mfu(row["images_per_sec"], model_flops, peak,
+                                         row["devices"])
                         if onnx_input is not None:
                             print(f"running {label} (ONNX Runtime) ...", flush=True)
                             row.update(bench_onnx(args, sessions, onnx_folder.name, row,
@@ -692,8 +682,8 @@ def main() -> None:
                             row.update(bench_torch(args, arch, precision_name, batch, data,
                                                    mode))
                             _free_torch_memory()
-                            row["torch_mfu"] = (None if peak is None else
-                                                row["torch_images_per_sec"] * model_flops / peak)
+                            row["torch_mfu"] = mfu(row["torch_images_per_sec"], model_flops,
+                                                   peak)
                             row["ratio"] = (row["images_per_sec"] / row["devices"]
                                             / row["torch_images_per_sec"])
                         rows.append(row)

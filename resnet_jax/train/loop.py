@@ -18,8 +18,10 @@ import numpy as np
 
 from resnet_jax import checkpoint, models, parallel, reporting
 from resnet_jax import config as config_lib
+from resnet_jax.bench import hardware
 from resnet_jax.data.source import Data, open_data
 from resnet_jax.errors import ConfigError, TrainingError
+from resnet_jax.models import flops
 from resnet_jax.train import optimizer, precision
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
@@ -166,6 +168,28 @@ def _describe(run: TrainRun) -> str:
             f"data {config.data.backend}")
 
 
+def _compute_rate(run: TrainRun) -> dict:
+    """Progress's model FLOPs per training image and the devices' peak, on GPUs (the
+    progress line and TensorBoard then give TFLOP/s, and MFU where the peak is known)."""
+    device = run.mesh.devices.flat[0]
+    if device.platform != "gpu":
+        return {}
+    macs = flops.forward_macs(models.build(run.config, train=False), run.config.image_size)
+    peak = hardware.peak_flops(device.device_kind, run.config.precision)
+    return {"flops_per_image": hardware.model_flops_per_image(macs, train=True),
+            "peak_flops": peak * run.mesh.size if peak else None}
+
+
+def _speed_scalars(speed: dict) -> dict:
+    """TensorBoard's speed scalars: img/s, and TFLOP/s, MFU and peak memory where known."""
+    scalars = {f"train/{k}": speed[k] for k in ("images_per_sec", "tflops_per_sec", "mfu")
+               if k in speed}
+    peak = reporting.peak_memory_bytes()
+    if peak is not None:
+        scalars["train/peak_memory_gib"] = peak / 2**30
+    return scalars
+
+
 def train_loop(run: TrainRun) -> dict:
     """Trains `run` to its last step, evaluating, logging and checkpointing as configured.
 
@@ -178,7 +202,7 @@ def train_loop(run: TrainRun) -> dict:
         writer.write_hparams(dict(_flatten(config.to_dict())))
     reporting.log(_describe(run))
     progress = reporting.Progress(total_steps=total_steps, start_step=start_step,
-                                  global_batch_size=run.train_batch)
+                                  global_batch_size=run.train_batch, **_compute_rate(run))
     guard = NonFiniteGuard(config.max_nonfinite_steps if config.precision == "fp16" else 1,
                            config.precision)
     history, eval_metrics, saved_at = [], {}, None
@@ -203,7 +227,7 @@ def train_loop(run: TrainRun) -> dict:
                     summary, history = _mean_metrics(history), []
                     speed = progress.mark(step)
                     writer.write_scalars(step, {**{f"train/{k}": v for k, v in summary.items()},
-                                                "train/images_per_sec": speed["images_per_sec"]})
+                                                **_speed_scalars(speed)})
                     reporting.log(progress.line(step, step / per_epoch, config.num_epochs,
                                                 summary, speed))
 

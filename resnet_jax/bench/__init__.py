@@ -1,0 +1,1 @@
+"""What the benchmarks and the GPU check compare against: device peaks, published figures."""
