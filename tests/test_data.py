@@ -215,6 +215,93 @@ def test_train_batches_depend_on_seed_and_index_alone(root):
     assert shards["images"].shape == (8, 32, 32, 3)
 
 
+def read_through_dali(names):
+    """What DALI's file reader reads for each row of `names` (a dense uint8 batch)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=len(names), num_threads=1, device_id=None)
+    def read():
+        return fn.io.file.read(fn.external_source(source=[names], batch=True,
+                                                  dtype=types.UINT8))
+
+    pipe = read()
+    pipe.build()
+    (out,) = pipe.run()
+    return [np.asarray(out[i]).tobytes() for i in range(len(names))]
+
+
+def test_padded_file_names_read_the_same_files(root, tmp_path, monkeypatch):
+    """Absolute, relative and non-ASCII paths of different lengths, padded to one width."""
+    source = scan_split(root, "train").files
+    (tmp_path / "ä ö").mkdir()
+    odd = tmp_path / "ä ö" / "x.JPEG"
+    odd.write_bytes(b"not a jpeg, but bytes to read")
+    monkeypatch.chdir(tmp_path)
+    files = [source[0], os.path.relpath(source[1]), "ä ö/x.JPEG", str(odd), source[2]]
+    names = dali.FileNames(files)
+    rows = names[np.arange(len(files))]
+    assert rows.shape == (len(files), names.width) and rows.dtype == np.uint8
+    for row, path in zip(rows, files, strict=True):
+        text = row.tobytes().decode()
+        assert text.endswith(path) and text[:3] in ("///", ".//")
+        assert os.path.samefile(text, path)
+    expected = [open(path, "rb").read() for path in files]
+    assert read_through_dali(rows) == expected
+    np.testing.assert_array_equal(names[np.array([4, 0, 4])], rows[[4, 0, 4]])
+
+
+def test_draws_of_some_rows_are_those_rows_of_the_batch(root):
+    """A pipeline draws only its rows, the same numbers as rows of the whole batch's draw."""
+    order = dali.TrainOrder(scan_split(root, "train"), global_batch_size=8, seed=4)
+    whole = np.random.default_rng([4, 1, 1, 0]).random((8, order.draws_per_row), np.float32)
+    np.testing.assert_array_equal(order.draws(2), whole)  # batch 2: epoch 1, step 0
+    for start, stop in (0, 1), (1, 2), (3, 8), (5, 6), (7, 8):  # odd and even first numbers
+        np.testing.assert_array_equal(order.draws(2, start, stop), whole[start:stop])
+
+
+def test_dense_name_feed_gives_the_batches_of_a_feed_by_name(root, monkeypatch):
+    """The dense padded names decode to the same batches, pixel for pixel, as a list of one
+    UTF-8 array per image, with absolute and with relative paths."""
+    split = numbered(scan_split(root, "train"))
+    common = dict(global_batch_size=8, image_size=32, dtype=dali._dali_dtype(np.float32),
+                  mesh=mesh_of(8), seed=2, start=1, num_threads=1, on_gpu=False)
+
+    def batches(split, per_device):
+        stream = dali._train_stream(split, per_device=per_device, **common)
+        return [jax.device_get(next(stream)) for _ in range(3)]
+
+    monkeypatch.chdir(os.path.dirname(root))
+    relative = Split(files=[os.path.relpath(f) for f in split.files], labels=split.labels,
+                     class_names=split.class_names)
+    dense = batches(split, True) + batches(relative, False)
+    with monkeypatch.context() as patch:
+        patch.setattr(dali.FileNames, "__getitem__", lambda self, indices: [
+            np.frombuffer(self.files[i].encode(), np.uint8) for i in indices])
+        patch.setattr(dali.FileNames, "__init__", lambda self, files: setattr(
+            self, "files", files))
+        by_name = batches(split, True) + batches(relative, False)
+    for a, b in zip(dense, by_name, strict=True):
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+        np.testing.assert_array_equal(a["images"], b["images"])
+
+
+def test_train_stream_starts_its_pipelines_without_waiting_for_them(root, monkeypatch):
+    """Building the 8 per-device pipelines asks none of them for a batch: each starts
+    decoding, and the first `next` waits for all of them at once."""
+    from nvidia.dali.pipeline import Pipeline
+
+    waited = []
+    outputs = Pipeline.outputs
+    monkeypatch.setattr(Pipeline, "outputs", lambda self, *a: waited.append(1) or outputs(
+        self, *a))
+    stream = dali._train_stream(scan_split(root, "train"), global_batch_size=8, image_size=32,
+                                dtype=dali._dali_dtype(np.float32), mesh=mesh_of(8), seed=0,
+                                start=0, num_threads=1, per_device=True, on_gpu=False)
+    assert waited == []
+    next(stream)
+    assert len(waited) == 8
+
+
 def reference_crop(height, width, area, log_ratio, x, y):
     """NVIDIA's random-resized crop window, written out per draw: (w, h, x, y)."""
     for s, r in zip(area, np.exp(log_ratio), strict=True):

@@ -18,6 +18,7 @@ mesh axis 'data': 'images' (B, size, size, 3), normalized, and 'labels' int32
 """
 
 from collections.abc import Iterator
+import itertools
 import math
 
 import jax
@@ -111,16 +112,60 @@ ASPECT = (3.0 / 4.0, 4.0 / 3.0)
 ATTEMPTS = 100
 
 
+class FileNames:
+    """The paths of a file list as one dense (rows, width) uint8 array per batch.
+
+    A list of one small array per image costs DALI's external source (and the
+    Python thread feeding it) several microseconds per image; rows gathered
+    from one table of all paths cost a few microseconds per batch. Every row
+    names the same file as its path: the path is padded on the left to the
+    common width with slashes, which POSIX reads as one when there are more
+    than two of them ('///data/x.JPEG'), and a relative path gets './' and
+    slashes ('.///data/x.JPEG'). The table is built once, about 0.5 s and
+    (longest path + 3) bytes per file for ImageNet's 1.28 M files.
+    """
+
+    _CHUNK = 1 << 16  # rows built at a time (temporary memory)
+
+    def __init__(self, files: list[str]):
+        # One pass in C over all names; NUL cannot occur in a path, so it separates them.
+        text = np.frombuffer("\0".join(files).encode(), np.uint8)
+        ends = np.append(np.flatnonzero(text == 0), len(text))
+        lengths = np.diff(ends, prepend=-1) - 1
+        # At least three characters of padding: '///' (exactly two leading slashes may
+        # mean something else to POSIX) or './/'.
+        self.width = int(lengths.max(initial=0)) + 3
+        # Row i: the `width` bytes that end where path i ends, read from a view that
+        # slides over the text (shifted by `width`, so that it starts in padding).
+        windows = np.lib.stride_tricks.sliding_window_view(
+            np.concatenate([np.full(self.width, ord("/"), np.uint8), text]), self.width)
+        columns = np.arange(self.width)
+        self.table = np.empty((len(files), self.width), np.uint8)
+        for first in range(0, len(files), self._CHUNK):
+            rows = slice(first, first + self._CHUNK)
+            chunk = windows[ends[rows]]
+            chunk[columns[None, :] < self.width - lengths[rows, None]] = ord("/")
+            self.table[rows] = chunk
+        first_byte = text[np.minimum(ends - lengths, len(text) - 1)]
+        self.table[first_byte != ord("/"), 0] = ord(".")
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        """The padded paths of files `indices`: (len(indices), width) uint8."""
+        return np.take(self.table, indices, axis=0)
+
+
 class TrainOrder:
     """What each row of each training batch is: image, crop draws and flip, from the seed alone.
 
     Batch g (counted from the start of training, 0-based) is step j = g mod S
     of epoch e = g // S, S = steps_per_epoch: its B rows are entries
     [j*B, (j+1)*B) of the epoch's permutation of the split, drawn from
-    (seed, e), and its random numbers are drawn from (seed, e, j). A pipeline
-    that feeds rows [r0, r1) of every batch starting at any g therefore gives
-    what it would have given at g in an uninterrupted run, and the global
-    batch is the same whatever the number of pipelines, devices or processes.
+    (seed, e), and its random numbers are drawn from (seed, e, j): row r's
+    are numbers [r*W, (r+1)*W) of that stream, W = 2*attempts + 3. A
+    pipeline that feeds rows [r0, r1) of every batch starting at any g
+    therefore gives what it would have given at g in an uninterrupted run,
+    and the global batch is the same whatever the number of pipelines,
+    devices or processes; each draws only its own rows.
     """
 
     def __init__(self, split: Split, *, global_batch_size: int, seed: int,
@@ -131,7 +176,13 @@ class TrainOrder:
         self.attempts = attempts
         self.steps_per_epoch = config_lib.steps_per_epoch(len(split), global_batch_size)
         self._permutation = (None, None)
-        self._draws = {}  # batch index -> its random numbers, shared by the pipelines
+        self._names = FileNames(split.files)
+        self._labels = np.asarray(split.labels, np.int32)
+
+    @property
+    def draws_per_row(self) -> int:
+        """W: area and aspect ratio of each attempt, window x and y, flip."""
+        return 2 * self.attempts + 3
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of the split's images in `epoch`: the same in every process."""
@@ -140,55 +191,79 @@ class TrainOrder:
             self._permutation = (epoch, rng.permutation(len(self.split)))
         return self._permutation[1]
 
-    def draws(self, index: int) -> np.ndarray:
-        """Uniform [0, 1) float32 numbers for batch `index`: (B, 2*attempts + 3)."""
-        if index not in self._draws:
-            if len(self._draws) >= 64:  # the pipelines of a process ask for a few batches
-                self._draws.pop(min(self._draws))
-            epoch, step = divmod(index, self.steps_per_epoch)
-            rng = np.random.default_rng([self.seed, 1, epoch, step])
-            self._draws[index] = rng.random(
-                (self.global_batch_size, 2 * self.attempts + 3), dtype=np.float32)
-        return self._draws[index]
+    def draws(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Uniform [0, 1) float32 numbers for rows [start, stop) of batch `index`: (rows, W).
 
-    def rows(self, index: int, start: int, stop: int) -> tuple:
-        """Rows [start, stop) of batch `index`, as the training pipeline's inputs.
-
-        (file names as UTF-8 bytes, labels, area fractions and log aspect
-        ratios (rows x attempts), window positions x and y in [0, 1), flips).
+        Rows [start, stop) of `rng.random((B, W), np.float32)` for the batch's
+        generator, drawn without the rows before: float32 draws take 32 bits
+        each, two per 64-bit output of PCG64, which `advance` skips.
         """
+        stop = self.global_batch_size if stop is None else stop
+        epoch, step = divmod(index, self.steps_per_epoch)
+        bits = np.random.PCG64([self.seed, 1, epoch, step])
+        first = start * self.draws_per_row
+        bits.advance(first // 2)
+        rng = np.random.Generator(bits)
+        if first % 2:
+            rng.random(1, dtype=np.float32)
+        return rng.random((stop - start, self.draws_per_row), dtype=np.float32)
+
+    def images(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Which images rows [start, stop) of batch `index` hold (positions in the split)."""
+        stop = self.global_batch_size if stop is None else stop
         epoch, step = divmod(index, self.steps_per_epoch)
         first = step * self.global_batch_size
-        images = self.permutation(epoch)[first + start:first + stop]
-        u, k = self.draws(index)[start:stop], self.attempts
-        low, high = np.log(np.float32(ASPECT[0])), np.log(np.float32(ASPECT[1]))
-        # DALI takes densely packed batches: each column block is copied out.
-        return ([np.frombuffer(self.split.files[i].encode(), np.uint8) for i in images],
-                self.split.labels[images].astype(np.int32),
-                AREA[0] + (AREA[1] - AREA[0]) * u[:, :k],
-                low + (high - low) * u[:, k:2 * k],
-                u[:, 2 * k].copy(), u[:, 2 * k + 1].copy(),
-                (u[:, 2 * k + 2] < 0.5).astype(np.int32))
+        return self.permutation(epoch)[first + start:first + stop]
+
+    def labels(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The labels of rows [start, stop) of batch `index`, int32."""
+        return self._labels[self.images(index, start, stop)]
+
+    def rows(self, index: int, start: int, stop: int, *, with_labels: bool = True) -> tuple:
+        """Rows [start, stop) of batch `index`, as the training pipeline's inputs.
+
+        (file names as padded UTF-8 bytes (rows, width) uint8 (see FileNames),
+        labels int32 unless not `with_labels`, the uniform draws (rows, W): the
+        pipeline turns them into area fractions, log aspect ratios, window
+        positions and flips). Dense arrays, handed to DALI without copies.
+        """
+        images = self.images(index, start, stop)
+        labels = (self._labels[images],) if with_labels else ()
+        return self._names[images], *labels, self.draws(index, start, stop)
 
 
 class _ShardFeed:
     """The inputs of one pipeline: rows [shard*b, (shard+1)*b) of each batch, from batch `start`.
 
     DALI calls it once per batch, in order (ahead of use when it prefetches).
+    `with_labels=False` leaves the labels out (the training stream takes them
+    from the TrainOrder itself, for all its devices at once).
     """
 
-    def __init__(self, order: TrainOrder, *, shard: int, num_shards: int, start: int):
+    def __init__(self, order: TrainOrder, *, shard: int, num_shards: int, start: int,
+                 with_labels: bool = True):
         batch = _shard_batch(order.global_batch_size, num_shards, "pipelines")
         self.order, self.rows, self.index = order, (shard * batch, (shard + 1) * batch), start
+        self.with_labels = with_labels
+
+    @property
+    def types(self) -> list:
+        """DALI types of the inputs: names, [labels,] draws."""
+        return [types.UINT8, *([types.INT32] if self.with_labels else []), types.FLOAT]
 
     def __call__(self):
-        rows = self.order.rows(self.index, *self.rows)
+        rows = self.order.rows(self.index, *self.rows, with_labels=self.with_labels)
         self.index += 1
         return rows
 
 
-_FEED_TYPES = [types.UINT8, types.INT32, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT,
-               types.INT32]
+def augmentation_draws(draws, attempts: int = ATTEMPTS):
+    """The uniform draws of each image (W numbers, see TrainOrder) as DALI graph nodes:
+    (area fractions, log aspect ratios (`attempts` each), window x, y in [0, 1), flip 0/1)."""
+    low, high = np.log(np.float32(ASPECT[0])), np.log(np.float32(ASPECT[1]))
+    k = attempts
+    return (AREA[0] + (AREA[1] - AREA[0]) * draws[0:k], low + (high - low) * draws[k:2 * k],
+            draws[2 * k], draws[2 * k + 1], fn.cast(draws[2 * k + 2] < 0.5, dtype=types.INT32))
 
 
 def crop_window(shape, area, log_ratio, x, y, attempts: int = ATTEMPTS):
@@ -218,8 +293,9 @@ def crop_window(shape, area, log_ratio, x, y, attempts: int = ATTEMPTS):
 
 @pipeline_def
 def _train_pipeline(feed, *, image_size, dtype, on_gpu, antialias=False, normalize=NORMALIZE):
-    names, labels, area, log_ratio, x, y, flip = fn.external_source(
-        source=feed, num_outputs=len(_FEED_TYPES), batch=True, dtype=_FEED_TYPES)
+    names, *labels, draws = fn.external_source(
+        source=feed, num_outputs=len(feed.types), batch=True, dtype=feed.types)
+    area, log_ratio, x, y, flip = augmentation_draws(draws, feed.order.attempts)
     jpegs = fn.io.file.read(names)
     width, height, x, y = crop_window(fn.peek_image_shape(jpegs, dtype=types.FLOAT),
                                       area, log_ratio, x, y, feed.order.attempts)
@@ -234,7 +310,7 @@ def _train_pipeline(feed, *, image_size, dtype, on_gpu, antialias=False, normali
     images = fn.crop_mirror_normalize(
         images, dtype=dtype, output_layout="HWC", mean=list(normalize[0]),
         std=list(normalize[1]), mirror=flip)
-    return images, labels.gpu() if on_gpu else labels
+    return images, *[label.gpu() if on_gpu else label for label in labels]
 
 
 @pipeline_def
@@ -328,12 +404,38 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
                          antialias=antialias, normalize=normalize)
 
 
+def _start(pipes) -> None:
+    """Builds `pipes` and starts each on its first batches, without waiting for any: their
+    start-up runs side by side rather than one after another."""
+    for pipe in pipes:
+        pipe.build()
+    for pipe in pipes:
+        pipe.schedule_run()  # the first call fills the prefetch queue
+
+
+def _images_out(pipe):
+    """The next batch of a started pipeline's first output as a jax.Array on the pipeline's
+    device (through DLPack, no copy), and the pipeline set on the batch after it."""
+    (images, *_) = pipe.outputs()
+    # DALI's default executor hands out buffers it does not reuse: no copy needed.
+    array = jax.dlpack.from_dlpack(images.as_tensor())
+    pipe.schedule_run()
+    return array
+
+
 def _train_stream(split: Split, *, global_batch_size: int, image_size: int, dtype, mesh: Mesh,
                   seed: int, start: int, num_threads: int, per_device: bool,
                   on_gpu: bool, crop_attempts: int = ATTEMPTS,
                   antialias: bool = False, normalize=NORMALIZE) -> Iterator[dict]:
     """train_iterator's pipelines: one per local device of the mesh (`per_device`, as on
-    GPUs, where each decodes on its GPU), else one per process split over its devices."""
+    GPUs, where each decodes on its GPU), else one per process split over its devices.
+
+    The pipelines give the images; the labels come from the TrainOrder, one
+    array for all of the process's devices. The pipelines are run directly
+    (schedule_run / outputs), not through DALI's iterator: the Python thread
+    that drives the GPUs pays a little per pipeline and step (see
+    docs/benchmarks.md, "Main-thread cost of the training feed").
+    """
     order = TrainOrder(split, global_batch_size=global_batch_size, seed=seed,
                        attempts=crop_attempts)
     sharding = batch_sharded(mesh)
@@ -346,28 +448,31 @@ def _train_stream(split: Split, *, global_batch_size: int, image_size: int, dtyp
         shards = [(jax.process_index(), None, None)]
         num_shards = jax.process_count()
     batch = _shard_batch(global_batch_size, num_shards, "pipelines")
-    iterators = []
-    for shard, _, device_id in shards:
-        feed = _ShardFeed(order, shard=shard, num_shards=num_shards, start=start)
-        pipe = _train_pipeline(feed, image_size=image_size, dtype=dtype, on_gpu=on_gpu,
-                               antialias=antialias, normalize=normalize, batch_size=batch,
-                               device_id=device_id, num_threads=num_threads)
-        # One iterator per pipeline: DALI's own runs endless streams of one pipeline only.
-        iterators.append(DALIGenericIterator([pipe], ["images", "labels"]))
+    pipes = [_train_pipeline(_ShardFeed(order, shard=shard, num_shards=num_shards, start=start,
+                                        with_labels=False),
+                             image_size=image_size, dtype=dtype, on_gpu=on_gpu,
+                             antialias=antialias, normalize=normalize, batch_size=batch,
+                             device_id=device_id, num_threads=num_threads)
+             for shard, _, device_id in shards]
+    _start(pipes)
 
     def batches():
-        while True:
-            outs = [next(iterator) for iterator in iterators]
+        for index in itertools.count(start):
+            images = [_images_out(pipe) for pipe in pipes]
             if per_device:
-                yield {key: jax.make_array_from_single_device_arrays(
-                    (global_batch_size, *outs[0][key].shape[1:]), sharding,
-                    [jax.device_put(out[key], device)  # already there on GPUs
-                     for out, (_, device, _) in zip(outs, shards, strict=True)])
-                    for key in ("images", "labels")}
+                if not on_gpu:  # DALI's CPU output is on the first CPU device
+                    images = [jax.device_put(shard, device)
+                              for shard, (_, device, _) in zip(images, shards, strict=True)]
+                labels = order.labels(index)
+                yield {"images": jax.make_array_from_single_device_arrays(
+                           (global_batch_size, *images[0].shape[1:]), sharding, images),
+                       "labels": jax.make_array_from_callback(
+                           labels.shape, sharding, labels.__getitem__)}
             else:
-                (out,) = outs
-                yield {key: jax.make_array_from_process_local_data(sharding, out[key])
-                       for key in ("images", "labels")}
+                (shard, _, _), = shards
+                labels = order.labels(index, shard * batch, (shard + 1) * batch)
+                yield {"images": jax.make_array_from_process_local_data(sharding, images[0]),
+                       "labels": jax.make_array_from_process_local_data(sharding, labels)}
 
     return batches()
 
