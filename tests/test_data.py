@@ -410,6 +410,46 @@ def test_eval_iterator_restarts_after_break(root):
     assert masked_labels(data) == split.labels.tolist()
 
 
+def test_eval_per_device_pipelines_build_late_and_read_nothing_between_passes(root,
+                                                                               monkeypatch):
+    """The dali_gpu layout (a pipeline per device, here on CPU devices) shows each image once,
+    as one pipeline per process does; its pipelines are built at the first pass, and between
+    passes none holds a decoded batch (nothing read ahead into the next pass)."""
+    from nvidia.dali.pipeline import Pipeline
+
+    split = numbered(scan_split(root, "val"))  # 15 images: 2 batches of 8 on 8 devices
+    built = []
+    build = Pipeline.build
+    monkeypatch.setattr(Pipeline, "build", lambda self: built.append(self) or build(self))
+    per_device = dali._eval_data(split, global_batch_size=8, resize_size=36, image_size=32,
+                                 dtype=dali._dali_dtype(np.float32), mesh=mesh_of(8),
+                                 per_device=True, on_gpu=False, num_threads=1)
+    assert built == []
+
+    def by_image(batches):
+        """Image index (its label) -> its pixels, over the rows with mask True."""
+        return {int(label): image for batch in batches
+                for label, image, real in zip(*(np.asarray(batch[k])
+                                                for k in ("labels", "images", "mask")),
+                                              strict=True) if real}
+
+    expected = by_image(evaluate(split, mesh_of(8)))
+    built.clear()
+    for _ in range(2):
+        batches = list(per_device)
+        assert len(batches) == 2 and len(set(map(id, built))) == 8
+        # DALI's count of runs scheduled and not yet taken, per pipeline.
+        assert [pipe._batches_to_consume for pipe in set(built)] == [0] * 8
+        for batch in batches:
+            for array in batch.values():
+                assert array.sharding == NamedSharding(mesh_of(8), P("data"))
+        assert sorted(masked_labels(batches)) == list(range(15))  # each image once
+        got = by_image(batches)
+        assert got.keys() == expected.keys()
+        for i in got:
+            np.testing.assert_array_equal(got[i], expected[i])
+
+
 def test_eval_iterator_errors(root):
     split = scan_split(root, "val")
     with pytest.raises(ConfigError, match="resize size 28 is smaller than the crop size 32"):

@@ -26,8 +26,6 @@ from jax.sharding import Mesh
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
-from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-from nvidia.dali.plugin.jax import DALIGenericIterator
 
 from resnet_jax import config as config_lib
 from resnet_jax.data import BACKENDS as ALL_BACKENDS
@@ -49,7 +47,7 @@ NORMALIZE = (MEAN_RGB, STD_RGB)
 _MIXED_DECODER = dict(device_memory_padding=211025920, host_memory_padding=140544512,
                       preallocate_width_hint=5980, preallocate_height_hint=6430)
 
-READER = "Reader"  # the name by which DALI iterators find the file reader
+READER = "Reader"  # the evaluation's file reader, by name
 
 
 def _dali_dtype(image_dtype):
@@ -545,20 +543,28 @@ def eval_iterator(split: Split, *, global_batch_size: int, resize_size: int, ima
     Returns an EvalData: iterate it for one pass of `num_batches` batches with
     'images', 'labels' and 'mask'. The images are split into one contiguous
     shard per process (dali_cpu) or device (dali_gpu), each padded to the same
-    number of batches.
+    number of batches. The pipelines are built at the first pass and decode
+    only during passes: between evaluations they hold no batches.
     """
     _check_backend(backend)
     _check_mesh(mesh, backend)
     _check_batch(global_batch_size, mesh)
-    dtype = _dali_dtype(image_dtype)
     if resize_size < image_size:
         raise ConfigError(f"eval resize size {resize_size} is smaller than the crop size "
                           f"{image_size}: set the resize size to at least {image_size}")
-    sharding = batch_sharded(mesh)
-    common = dict(resize_size=resize_size, image_size=image_size, dtype=dtype,
-                  num_threads=num_threads, antialias=antialias, normalize=normalize)
+    return _eval_data(split, global_batch_size=global_batch_size, resize_size=resize_size,
+                      image_size=image_size, dtype=_dali_dtype(image_dtype), mesh=mesh,
+                      per_device=backend == "dali_gpu", on_gpu=backend == "dali_gpu",
+                      num_threads=num_threads, antialias=antialias, normalize=normalize)
 
-    if backend == "dali_gpu":
+
+def _eval_data(split: Split, *, global_batch_size: int, resize_size: int, image_size: int,
+               dtype, mesh: Mesh, per_device: bool, on_gpu: bool, num_threads: int,
+               antialias: bool = True, normalize=NORMALIZE) -> EvalData:
+    """eval_iterator's pipelines: one per local device of the mesh (`per_device`, as on
+    GPUs), else one per process split over its devices."""
+    sharding = batch_sharded(mesh)
+    if per_device:
         num_shards, here = mesh.size, _local_devices(mesh)
     else:
         num_shards, here = jax.process_count(), [(jax.process_index(), None)]
@@ -566,41 +572,43 @@ def eval_iterator(split: Split, *, global_batch_size: int, resize_size: int, ima
     bounds = shard_bounds(len(split), num_shards)
     num_batches = max(1, math.ceil(max(end - start for start, end in bounds) / batch))
     shards = [_EvalShard(split, *bounds[position], num_batches * batch) for position, _ in here]
+    # Defined now (DALI checks the arguments), built at the first pass. Each pipeline's
+    # list is num_batches full batches, read in order, wrapping round to its start; a
+    # pass schedules exactly its num_batches runs, so none reads ahead into the next.
+    depth = min(2, num_batches)
+    pipes = [_eval_pipeline(shard.files, shard.labels, on_gpu=on_gpu, batch_size=batch,
+                            device_id=device.local_hardware_id if on_gpu else None,
+                            prefetch_queue_depth=depth, resize_size=resize_size,
+                            image_size=image_size, dtype=dtype, num_threads=num_threads,
+                            antialias=antialias, normalize=normalize)
+             for shard, (_, device) in zip(shards, here, strict=True)]
+    started = []
 
-    if backend == "dali_gpu":
-        pipelines = [
-            _eval_pipeline(shard.files, shard.labels, on_gpu=True, batch_size=batch,
-                           device_id=device.local_hardware_id, **common)
-            for shard, (_, device) in zip(shards, here, strict=True)]
-        iterator = DALIGenericIterator(
-            pipelines, ["images", "labels"], reader_name=READER, auto_reset=True,
-            last_batch_policy=LastBatchPolicy.FILL, sharding=sharding)
+    def assemble(arrays, *, placed: bool):
+        """One global array of the shards (`placed`: already on their devices)."""
+        if not per_device:
+            return jax.make_array_from_process_local_data(sharding, arrays[0])
+        if not placed:
+            arrays = [jax.device_put(a, d) for a, (_, d) in zip(arrays, here, strict=True)]
+        return jax.make_array_from_single_device_arrays(
+            (global_batch_size, *arrays[0].shape[1:]), sharding, arrays)
 
-        def run_gpu_pass():
-            # Every pipeline's list is num_batches full batches, so DALI's epoch ends
-            # (StopIteration, then auto reset) exactly after num_batches batches.
-            step = -1
-            for step, out in enumerate(iterator):
-                masks = [jax.device_put(shard.mask(step, batch), device)
-                         for shard, (_, device) in zip(shards, here, strict=True)]
-                out["mask"] = jax.make_array_from_single_device_arrays(
-                    (global_batch_size,), sharding, masks)
-                yield out
-            assert step + 1 == num_batches, (step + 1, num_batches)
-
-        return EvalData(num_batches, len(split), run_gpu_pass)
-
-    (shard,) = shards
-    pipe = _eval_pipeline(shard.files, shard.labels, on_gpu=False, batch_size=batch,
-                          device_id=None, **common)
-    pipe.build()
-
-    def run_cpu_pass():
+    def run_pass():
+        if not started:
+            _start(pipes)  # the first run fills the prefetch queue: `depth` batches
+            started.append(True)
+        else:
+            for pipe in pipes:
+                for _ in range(depth):
+                    pipe.schedule_run()
         for step in range(num_batches):
-            images, labels = _run_cpu(pipe)
-            mask = shard.mask(step, batch)
-            yield {"images": jax.make_array_from_process_local_data(sharding, images),
-                   "labels": jax.make_array_from_process_local_data(sharding, labels),
-                   "mask": jax.make_array_from_process_local_data(sharding, mask)}
+            outs = [pipe.outputs() for pipe in pipes]
+            if step + depth < num_batches:
+                for pipe in pipes:
+                    pipe.schedule_run()
+            yield {key: assemble([jax.dlpack.from_dlpack(out[i].as_tensor()) for out in outs],
+                                 placed=on_gpu)
+                   for i, key in enumerate(("images", "labels"))} | {
+                "mask": assemble([shard.mask(step, batch) for shard in shards], placed=False)}
 
-    return EvalData(num_batches, len(split), run_cpu_pass)
+    return EvalData(num_batches, len(split), run_pass)
