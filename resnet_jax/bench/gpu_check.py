@@ -1,0 +1,619 @@
+"""The first command on a GPU machine: does training work there, how fast, next to what.
+
+The check is a list of parts, run one after another, each in a child process
+with a time limit, within one overall budget. The report (report.md, and
+report.json for tools) is rewritten after every part, so that a part that
+crashes or hangs becomes one failed line, and a check that is itself killed
+leaves every finished part on disk. Parts that need DALI say so in one line
+and are skipped where DALI is not installed (a ready-made GPU container), and
+the synthetic-data benchmarks still run there.
+
+This module runs no JAX computation itself (JAX would take the GPUs' memory
+from the children): `scripts/gpu_check.py` is its command line.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from resnet_jax.bench import baselines
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
+BENCHMARK = os.path.join(ROOT, "scripts", "benchmark.py")
+MIN_PART_SECONDS = 20  # a part is not started with less of the budget left
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How a child process ended: `code` None when it ran out of time and was killed."""
+
+    code: int | None
+    seconds: float
+    output: str
+    log: str
+
+
+def run_logged(command: list[str], log_path: str, *, timeout: float, env: dict) -> Outcome:
+    """Runs `command` in the checkout with its output in `log_path`, killed (its whole
+    process group) after `timeout` seconds; what it printed until then is kept."""
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            code = None
+    with open(log_path, errors="replace") as log:
+        output = log.read()
+    return Outcome(code, time.perf_counter() - start, output, log_path)
+
+
+class PartFailed(Exception):
+    """A part's check did not pass; the message is the report's line."""
+
+
+def _ended(outcome: Outcome, what: str) -> None:
+    """Raises PartFailed unless `outcome` exited 0, naming its log and its last line."""
+    name = os.path.basename(outcome.log)
+    if outcome.code is None:
+        raise PartFailed(f"{what} timed out after {outcome.seconds:.0f} s (see {name})")
+    if outcome.code != 0:
+        last = next((line for line in reversed(outcome.output.splitlines()) if line.strip()),
+                    "")
+        raise PartFailed(f"{what} exited {outcome.code}: {last.strip()[:200]} (see {name})")
+
+
+class GpuMemory:
+    """The most memory in use on each GPU while a part runs: nvidia-smi, every half second.
+
+    It counts everything on the GPU (JAX's preallocated pool, DALI's decoders,
+    PyTorch); JAX's own peak is in the parts' figures.
+    """
+
+    QUERY = ["--query-gpu=index,memory.used,memory.total", "--format=csv,noheader,nounits"]
+
+    def __init__(self):
+        self.smi = shutil.which("nvidia-smi")
+        self.peak, self.total = {}, {}
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _sample(self):
+        while not self._stop.is_set():
+            try:
+                text = subprocess.run([self.smi, *self.QUERY], capture_output=True, text=True,
+                                      timeout=10).stdout
+            except (OSError, subprocess.SubprocessError):
+                return
+            for line in text.splitlines():
+                fields = [f.strip() for f in line.split(",")]
+                if len(fields) == 3 and all(f.isdigit() for f in fields):
+                    index, used, total = (int(f) for f in fields)
+                    self.peak[index] = max(self.peak.get(index, 0), used)
+                    self.total[index] = total
+            self._stop.wait(0.5)
+
+    def __enter__(self):
+        if self.smi:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        return False
+
+    def describe(self) -> str:
+        """'GPU 0 41.2/139.8 GiB, GPU 1 ...', or '' without nvidia-smi."""
+        return ", ".join(f"GPU {i} {self.peak[i] / 1024:.1f}/{self.total[i] / 1024:.1f} GiB"
+                         for i in sorted(self.peak))
+
+
+@dataclasses.dataclass
+class Context:
+    """What every part needs."""
+
+    out: str
+    env: dict
+    cpu: bool
+    devices: int
+    data_root: str
+    model_flags: list[str]
+    bench_flags: list[str]
+    epochs: int
+    log_every: int
+    per_device: int
+    device_kind: str = "?"
+    rows: list = dataclasses.field(default_factory=list)  # the throughput table's rows
+
+
+@dataclasses.dataclass
+class Part:
+    """One step of the check: `run(ctx, timeout)` returns report lines or raises PartFailed."""
+
+    name: str
+    run: object
+    timeout: float
+    needs_dali: bool = False
+
+
+class Report:
+    """report.md and report.json, rewritten after every part."""
+
+    def __init__(self, out: str, head: list[str], rows: list[dict]):
+        self.out, self.head, self.rows = out, head, rows
+        self.parts, self.blocks, self.failed, self.skipped = [], [], [], []
+        self.result = None
+
+    def part(self, name: str, status: str, seconds: float, lines: list[str]) -> None:
+        """A part's block: 'pass', 'FAIL' or 'skipped', and its lines."""
+        {"FAIL": self.failed, "skipped": self.skipped}.get(status, []).append(name)
+        shown = "**FAIL**" if status == "FAIL" else status
+        self.parts.append({"name": name, "status": status, "seconds": round(seconds, 1),
+                           "lines": lines})
+        self.blocks += [f"### {name}: {shown} ({seconds:.0f} s)", "", *lines, ""]
+        print(f"gpu_check: {name}: {status} ({seconds:.0f} s)"
+              + (f": {lines[0]}" if status != "pass" and lines else ""), flush=True)
+        self.write()
+
+    def write(self, pending: str | None = None) -> None:
+        lines = [*self.head, "## Parts", "", *self.blocks]
+        if self.rows:
+            lines += ["## Throughput per GPU", "", *throughput_table(self.rows), ""]
+        if self.result is not None:
+            lines += ["## Result", "", self.result, ""]
+        else:
+            lines += [f"_Unfinished: {len(self.parts)} part(s) reported"
+                      + (f", {pending} running_" if pending else "_"), ""]
+        _write(os.path.join(self.out, "report.md"), "\n".join(lines))
+        _write(os.path.join(self.out, "report.json"), json.dumps(
+            {"parts": self.parts, "throughput": self.rows, "failed": self.failed,
+             "result": self.result}, indent=1))
+
+    def finish(self) -> str:
+        self.result = ("every check passed" if not self.failed
+                       else "failed: " + ", ".join(self.failed))
+        if self.skipped:
+            self.result += f" (skipped: {', '.join(self.skipped)})"
+        self.write()
+        return self.result
+
+
+def _write(path: str, text: str) -> None:
+    """Whole or not at all: a kill during the write leaves the previous version."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _fmt(value, spec: str, missing: str = "n/a") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def throughput_table(rows: list[dict]) -> list[str]:
+    """The markdown table of every throughput figure measured."""
+    lines = ["| arch | mode | data | precision | batch/GPU | GPUs | img/s per GPU | TFLOP/s per "
+             "GPU | MFU | JAX peak mem | PyTorch img/s | ratio | NVIDIA published (per GPU) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mfu = None if r.get("mfu") is None else 100 * r["mfu"]
+        lines.append(
+            f"| {r['arch']} | {r['mode']} | {r['data']} | {r['precision']} | {r['batch']} | "
+            f"{r['devices']} | {r['images_per_sec_per_gpu']:,.0f} | "
+            f"{_fmt(r.get('tflops_per_gpu'), '.1f')} | {_fmt(mfu, '.1f')}% | "
+            f"{_fmt(r.get('peak_memory_gib'), '.1f')} GiB | "
+            f"{_fmt(r.get('torch_images_per_sec'), ',.0f')} | {_fmt(r.get('ratio'), '.2f')} | "
+            f"{r.get('published', '')} |".replace("n/a%", "n/a").replace("n/a GiB", "n/a"))
+    return lines
+
+
+def _published(arch: str, device_kind: str, mode: str) -> str:
+    figure = baselines.best(arch, device_kind) if mode == "train" else None
+    return "" if figure is None else f"{figure.images_per_sec_per_gpu:,.0f} ({figure.source})"
+
+
+# --- the parts ---------------------------------------------------------------------------
+
+_PROBE = r"""
+import importlib, importlib.util, json, platform
+out = {"python": platform.python_version()}
+def present(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except Exception:
+        return False
+import jax
+out.update(jax=jax.__version__, backend=jax.default_backend(),
+           devices=[d.device_kind for d in jax.devices()])
+for name in ("flax", "optax", "orbax.checkpoint", "ml_collections"):
+    out[name] = getattr(importlib.import_module(name), "__version__", "present") \
+        if present(name) else None
+out["dali"] = importlib.import_module("nvidia.dali").__version__ \
+    if present("nvidia.dali") else None
+out["tensorflow"] = present("tensorflow")
+out["torch"] = None
+if present("torch"):
+    import torch
+    out["torch"] = torch.__version__ + (f" (CUDA {torch.version.cuda})" if torch.version.cuda
+                                        else " (CPU build)")
+    out["torch_gpu"] = bool(torch.cuda.is_available())
+print("PROBE " + json.dumps(out))
+"""
+
+
+def devices_part(ctx: Context, timeout: float) -> list[str]:
+    """What JAX, the driver, DALI and PyTorch see; the libraries the other parts need."""
+    outcome = run_logged([sys.executable, "-c", _PROBE], os.path.join(ctx.out, "devices.log"),
+                         timeout=timeout, env=ctx.env)
+    _ended(outcome, "the device probe")
+    probe = json.loads(re.search(r"^PROBE (.*)$", outcome.output, re.M).group(1))
+    ctx.device_kind = probe["devices"][0]
+    smi = shutil.which("nvidia-smi")
+    smi_out = (subprocess.run([smi, "-L"], capture_output=True, text=True).stdout.strip()
+               if smi else "nvidia-smi not found")
+    torch = probe["torch"] or "not installed"
+    if probe["torch"] and not probe["torch_gpu"] and not ctx.cpu:
+        torch += ": cannot use the GPU, so the benchmarks run without a PyTorch column"
+    lines = ["```", f"python {probe['python']}, {platform.platform()}",
+             f"jax {probe['jax']}: {probe['backend']}, {len(probe['devices'])} device(s): "
+             f"{', '.join(sorted(set(probe['devices'])))}",
+             f"flax {probe['flax']}, optax {probe['optax']}, orbax-checkpoint "
+             f"{probe['orbax.checkpoint']}, ml_collections {probe['ml_collections']}",
+             f"DALI {probe['dali'] or 'not installed'}; TensorFlow "
+             f"{'installed' if probe['tensorflow'] else 'not installed'}; PyTorch {torch}",
+             smi_out, "```"]
+    missing = [name for name in ("flax", "optax", "orbax.checkpoint", "ml_collections")
+               if probe[name] is None]
+    if missing:
+        raise PartFailed(f"{', '.join(missing)} not importable: every other part needs it "
+                         "(copy its wheel into .whl/, see docs/benchmarks.md)")
+    if not ctx.cpu and probe["backend"] != "gpu":
+        raise PartFailed(f"JAX runs on {probe['backend']}, not on GPUs: install jax[cuda12] "
+                         "(EXTRAS=cuda12,test . scripts/setup.sh)")
+    return lines
+
+
+_SMOKE = r"""
+import json, sys, time
+import resnet_jax
+from resnet_jax import config as config_lib, parallel
+root, backend, per_device, classes, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
+    int(sys.argv[4]), int(sys.argv[5])
+config = config_lib.recipe("resnet50_v15")
+config.data.root, config.data.backend, config.num_classes = root, backend, classes
+config.per_device_batch_size, config.image_size = per_device, size
+config.eval_image_size, config.eval_resize_size = size, size + size // 7
+config.precision = "bf16"
+parallel.configure_runtime(memory_fraction=parallel.memory_fraction(config))
+import jax
+from resnet_jax.data.source import open_data
+mesh = parallel.make_mesh()
+batch = per_device * mesh.size
+start = time.perf_counter()
+data = open_data(config, mesh, train_batch=batch, eval_batch=batch)
+train = jax.block_until_ready(next(data.train(0)))
+built = time.perf_counter() - start
+evaluation = jax.block_until_ready(next(iter(data.eval)))
+out = {"seconds_to_first_batch": built}
+for name, b in (("train", train), ("eval", evaluation)):
+    images = b["images"]
+    out[name] = {"shape": list(images.shape), "dtype": str(images.dtype),
+                 "devices": len(images.sharding.device_set),
+                 "platform": next(iter(images.sharding.device_set)).platform}
+out["mesh"] = mesh.size
+print("SMOKE " + json.dumps(out))
+"""
+
+
+def smoke_part(ctx: Context, timeout: float) -> list[str]:
+    """Builds the DALI training and evaluation pipelines on every device and pulls a batch."""
+    backend = "dali_cpu" if ctx.cpu else "dali_gpu"
+    size = 32 if ctx.cpu else 224
+    outcome = run_logged([sys.executable, "-c", _SMOKE, ctx.data_root, backend, "4",
+                          str(_classes(ctx)), str(size)],
+                         os.path.join(ctx.out, "dali_smoke.log"), timeout=timeout, env=ctx.env)
+    _ended(outcome, "the DALI smoke test")
+    smoke = json.loads(re.search(r"^SMOKE (.*)$", outcome.output, re.M).group(1))
+    lines = []
+    for name in ("train", "eval"):
+        b = smoke[name]
+        if b["devices"] != smoke["mesh"]:
+            raise PartFailed(f"the {name} batch is on {b['devices']} of {smoke['mesh']} devices")
+        lines.append(f"- {name} batch {tuple(b['shape'])} {b['dtype']}, sharded over "
+                     f"{b['devices']} {b['platform']} device(s)")
+    lines.append(f"- {backend} pipelines built and the first training batch in "
+                 f"{smoke['seconds_to_first_batch']:.1f} s")
+    return lines
+
+
+def _classes(ctx: Context) -> int:
+    return 3 if ctx.cpu else 10
+
+
+def train_part(precision: str):
+    """RN50 v1.5 (the tiny model with --cpu) trained through DALI, then mode=eval."""
+
+    def run(ctx: Context, timeout: float) -> list[str]:
+        started = time.perf_counter()
+        workdir = os.path.join(ctx.out, f"train_{precision}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        common = [f"--config={RECIPE}", f"--workdir={workdir}",
+                  f"--config.data.root={ctx.data_root}", f"--config.precision={precision}",
+                  "--config.tensorboard=false", *ctx.model_flags]
+        with GpuMemory() as memory:
+            outcome = run_logged(
+                [sys.executable, "-m", "resnet_jax.main", *common,
+                 f"--config.num_epochs={ctx.epochs}", "--config.warmup_epochs=1",
+                 # Sparse logging: each log fetches the metrics, a sync that lowers img/s.
+                 f"--config.log_every_steps={ctx.log_every}",
+                 # One evaluation and checkpoint, at the end: mode=eval must find the same.
+                 f"--config.eval_every_epochs={ctx.epochs}",
+                 f"--config.checkpoint_every_epochs={ctx.epochs}"],
+                os.path.join(ctx.out, f"train_{precision}.log"), timeout=timeout,
+                env=dict(ctx.env, JAX_LOG_COMPILES="1"))
+        _ended(outcome, "training")
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.startswith('{"step"')]
+        train = [r for r in records if "train/loss" in r]
+        evals = [r for r in records if "eval/top1" in r]
+        losses = [r["train/loss"] for r in train]
+        k = max(1, min(5, len(losses) // 3))
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        problems = []
+        if not (math.isfinite(last) and last < first):
+            problems.append(f"the loss did not fall ({first:.3f} -> {last:.3f})")
+        compiles = len(re.findall(r"Compiling (?:jit\()?train_step\b", outcome.output))
+        if compiles != 1:
+            problems.append(f"train_step compiled {compiles} times")
+        remaining = timeout - (time.perf_counter() - started)
+        if remaining < MIN_PART_SECONDS:
+            raise PartFailed("no time left for mode=eval; " + "; ".join(problems))
+        evaluation = run_logged([sys.executable, "-m", "resnet_jax.main", *common,
+                                 "--config.mode=eval"],
+                                os.path.join(ctx.out, f"eval_{precision}.log"),
+                                timeout=remaining, env=ctx.env)
+        _ended(evaluation, "mode=eval")
+        found = re.search(r"top1 ([\d.]+)%", evaluation.output)
+        in_training = 100 * evals[-1]["eval/top1"] if evals else float("nan")
+        if found is None or abs(float(found.group(1)) - in_training) >= 0.006:
+            problems.append(f"mode=eval top1 {found.group(1) if found else '?'}% vs "
+                            f"{in_training:.2f}% in training")
+        steady = train[1:] or train
+        speed = sorted(r["train/images_per_sec"] for r in steady)[len(steady) // 2]
+        median = next(r for r in steady if r["train/images_per_sec"] == speed)
+        arch = "resnet_tiny" if ctx.cpu else "resnet50_v15"
+        row = {"arch": arch, "mode": "train", "data": "dali_cpu" if ctx.cpu else "dali_gpu",
+                   "precision": precision, "batch": ctx.per_device, "devices": ctx.devices,
+                   "images_per_sec_per_gpu": speed / ctx.devices,
+                   "tflops_per_gpu": _per(median.get("train/tflops_per_sec"), ctx.devices),
+                   "mfu": median.get("train/mfu"),
+                   "peak_memory_gib": max((r.get("train/peak_memory_gib", 0) for r in train),
+                                          default=None) or None,
+                   "published": _published(arch, ctx.device_kind, "train"),
+                   "source": f"train_{precision} (median of {len(steady)} logged intervals)"}
+        ctx.rows.append(row)
+        lines = [f"- {len(train) * ctx.log_every} steps; loss {first:.3f} -> {last:.3f} (mean "
+                 f"of the first and last {k} of {len(losses)} logged)",
+                 f"- train_step compiled {compiles} time(s)",
+                 f"- mode=eval top1 {found.group(1) if found else '?'}% vs {in_training:.2f}% in "
+                 "training",
+                 f"- {speed / ctx.devices:,.0f} img/s per GPU (median logged interval)"]
+        if memory.describe():
+            lines.append(f"- GPU memory in use (nvidia-smi, most seen): {memory.describe()}")
+        if problems:
+            raise PartFailed("; ".join(problems) + "\n" + "\n".join(lines))
+        return lines
+
+    return run
+
+
+def _per(value, devices):
+    return None if value is None else value / devices
+
+
+def bench_part(arch: str, precision: str, batch: int, data: str, label: str = "",
+               visible: str | None = None):
+    """scripts/benchmark.py for one arch and precision, training and inference, read from its
+    JSON; `visible` limits it to some GPUs (CUDA_VISIBLE_DEVICES)."""
+
+    def run(ctx: Context, timeout: float) -> list[str]:
+        json_path = os.path.join(ctx.out, f"benchmark_{arch}_{precision}{label}.json")
+        env = dict(ctx.env, **({"CUDA_VISIBLE_DEVICES": visible} if visible else {}))
+        command = [sys.executable, BENCHMARK, f"--archs={arch}", f"--precisions={precision}",
+                   f"--batch-sizes={batch}", f"--data={data}", f"--json={json_path}",
+                   *ctx.bench_flags]
+        if "dali" in data:
+            command.append(f"--data-root={ctx.data_root}")
+        with GpuMemory() as memory:
+            outcome = run_logged(command, json_path.replace(".json", ".log"), timeout=timeout,
+                                 env=env)
+        _ended(outcome, "the benchmark")
+        with open(json_path) as f:
+            rows = json.load(f)["rows"]
+        lines = []
+        for r in rows:
+            per_gpu = r["images_per_sec"] / r["devices"]
+            gflops = r.get("gflops_per_image")
+            ctx.rows.append({
+                "arch": r["arch"], "mode": r["mode"], "data": r["data"],
+                "precision": r["precision"], "batch": r["per_device_batch"],
+                "devices": r["devices"], "images_per_sec_per_gpu": per_gpu,
+                "tflops_per_gpu": None if gflops is None else per_gpu * gflops / 1e3,
+                "mfu": r.get("mfu"),
+                "peak_memory_gib": _per(r.get("peak_memory_bytes"), 2**30),
+                "torch_images_per_sec": r.get("torch_images_per_sec"), "ratio": r.get("ratio"),
+                "published": _published(r["arch"], ctx.device_kind, r["mode"]),
+                "source": os.path.basename(json_path)})
+            lines.append(f"- {r['mode']} {r['data']} batch {r['per_device_batch']}/GPU on "
+                         f"{r['devices']} device(s): {per_gpu:,.0f} img/s per GPU"
+                         + (f", PyTorch {r['torch_images_per_sec']:,.0f} (ratio "
+                            f"{r['ratio']:.2f})" if r.get("torch_images_per_sec") else ""))
+        if "warning: no PyTorch column" in outcome.output:
+            lines.append("- " + next(line for line in outcome.output.splitlines()
+                                     if "warning: no PyTorch column" in line))
+        if memory.describe():
+            lines.append(f"- GPU memory in use (nvidia-smi, most seen): {memory.describe()}")
+        return lines
+
+    return run
+
+
+def _injected_failure(name: str):
+    """For testing the report: the part's child process fails as a crash would."""
+
+    def run(ctx: Context, timeout: float) -> list[str]:
+        log = os.path.join(ctx.out, re.sub(r"\W+", "_", name) + ".log")
+        _ended(run_logged([sys.executable, "-c", f"raise SystemExit('injected failure of "
+                                                  f"{name}')"], log, timeout=timeout,
+                          env=ctx.env), name)
+        return []
+
+    return run
+
+
+# --- the plans ---------------------------------------------------------------------------
+
+QUICK_BUDGET = 480  # seconds: --quick fits a 15-minute GPU window with time to start and rerun
+RN50, SE_RNXT = "resnet50_v15", "se_resnext101_32x4d"
+# Per-GPU batches near NVIDIA's: its RN50 tables use 256 (PyTorch) and 192/512 (MXNet), its
+# SE-ResNeXt101 ones 128.
+BATCH = {RN50: 256, SE_RNXT: 128, "resnet_tiny": 4}
+
+
+def plan(*, quick: bool, cpu: bool, precisions: list[str], devices: int) -> list[Part]:
+    """The parts, most telling first (--quick may run out of budget before the last)."""
+    parts = [Part("devices", devices_part, 120),
+             Part("DALI smoke test", smoke_part, 180, needs_dali=True)]
+    archs = ["resnet_tiny"] if cpu else [RN50] if not quick else [RN50, SE_RNXT]
+    # Quick: synthetic data (the training parts measure DALI); full: both.
+    data = "synthetic" if quick else "synthetic,dali"
+    for i, precision in enumerate(precisions):
+        parts.append(Part(f"train {precision}", train_part(precision), 420, needs_dali=True))
+        parts.append(Part(f"benchmark {archs[0]} {precision}",
+                          bench_part(archs[0], precision, BATCH[archs[0]], data), 300))
+        if i == 0 and devices > 1 and not cpu:
+            parts.append(Part(f"benchmark {archs[0]} {precision}, one GPU",
+                              bench_part(archs[0], precision, BATCH[archs[0]], data, "_1gpu",
+                                         visible="0"), 300))
+    for arch in archs[1:]:
+        parts.append(Part(f"benchmark {arch} {precisions[0]}",
+                          bench_part(arch, precisions[0], BATCH[arch], "synthetic"), 360))
+    if not quick and not cpu:
+        parts += [Part(f"benchmark {arch} bf16", bench_part(arch, "bf16", BATCH[SE_RNXT],
+                                                            "synthetic,dali"), 600)
+                  for arch in ("resnext101_32x4d", SE_RNXT)]
+    return parts
+
+
+def dali_available() -> bool:
+    """Whether DALI imports here (ready-made GPU containers often lack it)."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_check(args) -> int:
+    """Runs the plan that `args` (scripts/gpu_check.py's) asks for; the exit code."""
+    from resnet_jax import parallel  # imports jax, starts no backend
+
+    os.makedirs(args.out, exist_ok=True)
+    env = dict(os.environ)
+    # The children import resnet_jax from this checkout, installed or not.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    if args.cpu:
+        flags = [f for f in env.get("XLA_FLAGS", "").split()
+                 if not f.startswith("--xla_force_host_platform_device_count")]
+        env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+                   XLA_FLAGS=" ".join([*flags, "--xla_force_host_platform_device_count=2"]))
+    devices = 2 if args.cpu else max(1, parallel.visible_gpus() or 1)
+    if args.cpu:
+        per_device, steps_per_epoch, epochs, log_every, image_px = 4, 4, args.epochs or 12, 4, 40
+        model_flags = ["--config.arch=resnet_tiny", "--config.data.backend=dali_cpu",
+                       "--config.base_learning_rate=1.0", "--config.image_size=32",
+                       "--config.eval_resize_size=36", "--config.eval_image_size=32",
+                       "--config.data.num_threads=1"]
+        bench_flags = ["--image-size=32", "--modes=train" if not args.quick else
+                       "--modes=train,infer", "--warmup-steps=1", "--steps=2",
+                       "--dali-threads=1", "--no-torch"]
+    else:
+        # NVIDIA's MXNet batch; a few hundred steps, a few images per step repeated.
+        per_device, steps_per_epoch, log_every, image_px = 192, 5, 50, 256
+        epochs = args.epochs or 60
+        model_flags = ["--config.data.backend=dali_gpu"]
+        bench_flags = [] if not args.quick else ["--modes=train,infer"]
+    classes = 3 if args.cpu else 10
+    model_flags += [f"--config.num_classes={classes}",
+                    f"--config.per_device_batch_size={per_device}"]
+    ctx = Context(out=args.out, env=env, cpu=args.cpu, devices=devices,
+                  data_root=os.path.join(args.out, "data"), model_flags=model_flags,
+                  bench_flags=bench_flags, epochs=epochs, log_every=log_every,
+                  per_device=per_device)
+    has_dali = dali_available()
+    command = "bash scripts/gpu_check.sh" + "".join(
+        f" --{flag}" for flag in ("quick", "cpu") if getattr(args, flag))
+    head = [f"# resnet_jax GPU check{' (dry run on the CPU)' if args.cpu else ''}"
+            f"{', quick' if args.quick else ''}", "",
+            f"{time.strftime('%Y-%m-%d %H:%M')}, `{command}`"
+            + (f", budget {args.budget:.0f} s" if args.budget else ""), ""]
+    if has_dali:
+        from resnet_jax.data import demo
+
+        start = time.perf_counter()
+        per_class = math.ceil(steps_per_epoch * devices * per_device / classes) + 1
+        demo.make_demo_dataset(ctx.data_root, num_classes=classes, train_per_class=per_class,
+                               val_per_class=max(4, per_class // 10), image_size=image_px,
+                               seed=0)
+        head += [f"Data: {classes} classes x {per_class} generated training JPEGs of "
+                 f"{image_px} px ({time.perf_counter() - start:.0f} s to draw); training parts "
+                 f"{epochs} epochs of {steps_per_epoch} steps, {devices} device(s) x "
+                 f"{per_device} images.", ""]
+    print(f"gpu_check: writing {args.out}/report.md", flush=True)
+    report = Report(args.out, head, ctx.rows)
+    deadline = time.perf_counter() + (args.budget or math.inf)
+    for part in plan(quick=args.quick, cpu=args.cpu, precisions=args.precisions,
+                     devices=devices):
+        left = deadline - time.perf_counter()
+        if part.needs_dali and not has_dali:
+            report.part(part.name, "skipped", 0, [
+                "DALI is not installed here (it is nvidia-dali-cuda120 on PyPI): this part "
+                "reads JPEGs through it"])
+            continue
+        if left < MIN_PART_SECONDS:
+            report.part(part.name, "skipped", 0, [
+                f"the {args.budget:.0f} s budget is spent: raise --budget, or run the full "
+                "check (without --quick)"])
+            continue
+        report.write(pending=part.name)
+        run = _injected_failure(part.name) if part.name in args.fail else part.run
+        start = time.perf_counter()
+        try:
+            status, lines = "pass", run(ctx, min(part.timeout, left))
+        except PartFailed as failure:
+            status, lines = "FAIL", str(failure).splitlines()
+        except Exception as error:  # noqa: BLE001  a bug here must not lose the report
+            status, lines = "FAIL", [f"the check itself failed: {type(error).__name__}: {error}"]
+        report.part(part.name, status, time.perf_counter() - start, lines)
+    result = report.finish()
+    print(f"gpu_check: {result}; report in {args.out}/report.md", flush=True)
+    return 1 if report.failed else 0
