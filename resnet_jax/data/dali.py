@@ -18,6 +18,7 @@ mesh axis 'data': 'images' (B, size, size, 3), normalized, and 'labels' int32
 """
 
 from collections.abc import Iterator
+import concurrent.futures
 import itertools
 import math
 
@@ -176,6 +177,10 @@ class TrainOrder:
         self._permutation = (None, None)
         self._names = FileNames(split.files)
         self._labels = np.asarray(split.labels, np.int32)
+        # The draws of a pipeline's next batch, made meanwhile by a helper thread: numpy
+        # fills them without holding the GIL, so the thread driving the GPUs goes on.
+        self._helper = concurrent.futures.ThreadPoolExecutor(1, "train-draws")
+        self._next_draws = {}  # (index, start, stop) -> Future
 
     @property
     def draws_per_row(self) -> int:
@@ -227,7 +232,14 @@ class TrainOrder:
         """
         images = self.images(index, start, stop)
         labels = (self._labels[images],) if with_labels else ()
-        return self._names[images], *labels, self.draws(index, start, stop)
+        return self._names[images], *labels, self._draws_ahead(index, start, stop)
+
+    def _draws_ahead(self, index: int, start: int, stop: int) -> np.ndarray:
+        """draws(index, start, stop), made while the batch before was fed (see __init__)."""
+        ready = self._next_draws.pop((index, start, stop), None)
+        self._next_draws[index + 1, start, stop] = self._helper.submit(
+            self.draws, index + 1, start, stop)
+        return self.draws(index, start, stop) if ready is None else ready.result()
 
 
 class _ShardFeed:
