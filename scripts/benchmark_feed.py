@@ -10,8 +10,9 @@ the GPUs' step. Each layout is one launch, on simulated CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count, set here):
 
 * PxB: one process with P devices, P pipelines of B images, one per device
-  (the dali_gpu layout; on CPU built with on_gpu=False); 1xB: one pipeline
-  of B images split over the devices (the dali_cpu layout);
+  (the dali_gpu layout: on GPUs decoding on each GPU, on CPU devices built
+  with on_gpu=False); 1xB: one pipeline of B images split over the devices
+  (the dali_cpu layout);
 * 1/PxB: one of P processes, one device each, feeding its B rows of a global
   batch of P*B (the number of processes is simulated while the pipeline is
   set up; the arrays are built for the one local device).
@@ -74,7 +75,8 @@ def measure(split, layout: dict, *, image_size: int, steps: int, warmup: int,
         stream = dali._train_stream(
             split, global_batch_size=layout["global_batch"], image_size=image_size,
             dtype=dali._dali_dtype(np.float16), mesh=mesh, seed=0, start=0,
-            num_threads=threads, per_device=layout["per_device"], on_gpu=False)
+            num_threads=threads, per_device=layout["per_device"],
+            on_gpu=layout["per_device"] and jax.default_backend() == "gpu")
     built = time.perf_counter()
     jax.block_until_ready(next(stream))
     first = time.perf_counter()
