@@ -18,13 +18,13 @@ Every value follows NVIDIA's MXNet implementation
 (DeepLearningExamples/MxNet/Classification/RN50v1.5 at commit 729963dd, "MXNet"
 below), and its comment names the file and line. Where NVIDIA's PyTorch
 implementation (PyTorch/Classification/ConvNets) does otherwise, its value is
-one switch away: README.md, "Recipes", lists both.
+one switch away: docs/recipes.md lists both.
 
 Hardware, time and result as NVIDIA publishes them for this recipe (MXNet
 README, 22.10 container, 8x A100-80GB, `./runner -b 512`, mixed precision):
 77.185% top-1 after 90 epochs; 3,410 img/s on 1 GPU, 26,674 on 8. With the
 default 192 per GPU on 8x V100-16GB: 77.15% after 90 epochs, 78.46% after 250.
-Measured figures for resnet_jax are in README.md and docs/benchmarks.md.
+Measured figures for resnet_jax are in docs/benchmarks.md.
 """
 
 from resnet_jax import config as config_lib

@@ -15,7 +15,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BAD_IMAGES = ("unchecked", "error", "skip")
 
 _LAYOUT = ("expected {root}/train/<class>/<image>.JPEG and {root}/val/<class>/<image>.JPEG "
-           "(see README, \"Data\")")
+           "(see docs/data.md)")
 
 _FORMATS = "JPEG, PNG, BMP, TIFF or WebP"
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
