@@ -44,12 +44,12 @@ def main(argv):
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         parallel.check_devices()
         # Imported here so that a bad value is reported before TensorFlow (through clu) loads.
-        from resnet_jax.train import loop
+        from resnet_jax.train import evaluate, loop
 
         if config.mode == "train":
             loop.train_and_evaluate(config, FLAGS.workdir)
         else:
-            loop.evaluate_checkpoint(config, FLAGS.workdir)
+            evaluate.evaluate_checkpoint(config, FLAGS.workdir)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -5,7 +5,7 @@
       [--warmup-steps 5] [--steps 20] [--no-torch] [--onnx [--onnx-provider auto]]
       [--json FILE]
 
-Each row is the trainer's own set-up (resnet_jax.train.loop.setup_train_loop)
+Each row is the trainer's own set-up (resnet_jax.train.setup.setup_train_loop)
 of the arch's recipe (configs/<arch>.py) with the row's precision, batch and
 image size, on a mesh of all devices: the same data source, model, state and
 train step; inference is an eval-mode jitted `model.apply` of that state.
@@ -29,7 +29,7 @@ the slowest call). The default batch sizes are 1, 8, 32, 64, 128 and 256 on
 GPUs (1 and 8 on CPUs); --batch-sizes sets those of both modes.
 
 With --onnx, the inference rows also time the same model (the row's
-freshly initialised weights) exported to ONNX (resnet_jax.onnx_export, once
+freshly initialised weights) exported to ONNX (resnet_jax.interop.onnx, once
 per arch and precision) in ONNX Runtime: TensorRT's provider when this
 onnxruntime build has it and it starts, else CUDA's, else the CPU's
 (--onnx-provider picks one). The graph is fp32 for fp32/tf32 rows (TF32
@@ -49,7 +49,7 @@ The script sets XLA_PYTHON_CLIENT_PREALLOCATE=false (unless set), so that
 PyTorch finds GPU memory in the same process.
 
 The PyTorch reference (torchvision or timm when importable, else
-resnet_jax.torch.reference) runs the same rows on one device with the
+resnet_jax.interop.torch_reference) runs the same rows on one device with the
 per-device batch (inference timed as above): forward, cross-entropy with
 label smoothing 0.1, backward, SGD with momentum 0.875; on GPUs
 channels_last and autocast for bf16/fp16 (GradScaler for fp16), TF32 only
@@ -82,12 +82,14 @@ import jax
 import numpy as np
 
 from resnet_jax import config as config_lib
-from resnet_jax import models, onnx_export, parallel, quiet
+from resnet_jax import models, parallel, quiet
 from resnet_jax.bench.hardware import mfu, model_flops_per_image, peak_flops
 from resnet_jax.data.source import num_threads
 from resnet_jax.errors import ConfigError
+from resnet_jax.interop import onnx as onnx_interop
+from resnet_jax.interop import torch as torch_interop
 from resnet_jax.models import flops
-from resnet_jax.train import loop, precision
+from resnet_jax.train import precision, setup
 
 MODES = ("train", "infer")
 DATA = ("synthetic", "dali")
@@ -99,7 +101,7 @@ LATENCY_PERCENTILES = (90, 95, 99)
 ONNX_PRECISIONS = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16"}
 
 # timm's names for the models it has (torchvision has only ResNet50; NVIDIA's
-# SE-ResNeXt, with 16-unit SE gates, is in neither: resnet_jax.torch.reference has it).
+# SE-ResNeXt, with 16-unit SE gates, is in neither: resnet_jax.interop.torch_reference has it).
 _TIMM_NAMES = {"resnet50_v15": "resnet50", "resnext101_32x4d": "resnext101_32x4d",
                "seresnext101_32x4d": "seresnext101_32x4d"}
 
@@ -243,7 +245,7 @@ def bench_jax(args, arch: str, precision_name: str, batch: int, data: str, mode:
     """One resnet_jax row: the trainer's train step, or an eval-mode apply of its state."""
     config = _config(args, arch, precision_name, batch, data)
     # The trainer's set-up, without a workdir (nothing read or written) and without val/.
-    run = loop.setup_train_loop(config, None, with_eval=False)
+    run = setup.setup_train_loop(config, None, with_eval=False)
     mesh, global_batch = run.mesh, run.train_batch
     batches = run.data.train(0)
     if mode == "train":
@@ -291,7 +293,7 @@ def bench_jax(args, arch: str, precision_name: str, batch: int, data: str, mode:
 
 
 def torch_model(arch: str):
-    """(module, description): torchvision or timm when importable, else torch.reference."""
+    """(module, description): torchvision or timm when importable, else torch_reference."""
     if arch == "resnet50_v15":
         try:
             import torchvision
@@ -307,11 +309,11 @@ def torch_model(arch: str):
             return timm.create_model(name), f"timm {timm.__version__} {name}"
     except ImportError:
         pass
-    from resnet_jax.torch import convert as torch_convert
-    from resnet_jax.torch import reference
+    from resnet_jax.interop import torch_reference
 
-    scheme = torch_convert.native_naming(arch)
-    return reference.ResNet(arch, scheme), f"resnet_jax.torch.reference ({scheme})"
+    scheme = torch_interop.native_naming(arch)
+    return (torch_reference.ResNet(arch, scheme),
+            f"resnet_jax.interop.torch_reference ({scheme})")
 
 
 def _torch_batches(args, config, batch: int, data: str, device, on_gpu: bool):
@@ -485,15 +487,15 @@ def bench_onnx(args, sessions: dict, folder: str, row: dict, onnx_input) -> dict
     if key not in sessions:
         path = os.path.join(folder, f"{row['arch']}_{row['precision']}.onnx")
         start = time.perf_counter()
-        onnx_export.export_variables(
+        onnx_interop.export_variables(
             row["arch"], jax.device_get(variables), path, num_classes=config.num_classes,
             image_size=args.image_size, precision=onnx_precision,
             model_options=models.options(config))
         export_s = time.perf_counter() - start
-        sessions[key] = (onnx_export.session(path, provider=args.onnx_provider,
+        sessions[key] = (onnx_interop.session(path, provider=args.onnx_provider,
                                              precision=row["precision"]), export_s)
     session, export_s = sessions[key]
-    runner = onnx_export.BoundRunner(session, images)
+    runner = onnx_interop.BoundRunner(session, images)
     summary = latency_summary(*time_latency(runner, args.warmup_steps, args.steps),
                               row["per_device_batch"])
     got = runner.logits()
@@ -627,8 +629,8 @@ def main() -> None:
     onnx_versions = None
     if args.onnx:
         try:
-            onnx_export.require("torch", "onnx", "onnxruntime", purpose="--onnx")
-            onnx_export.providers(args.onnx_provider)
+            onnx_interop.require("torch", "onnx", "onnxruntime", purpose="--onnx")
+            onnx_interop.providers(args.onnx_provider)
         except ConfigError as error:
             parser.exit(2, f"error: {error}\n")
         import onnx
@@ -636,7 +638,7 @@ def main() -> None:
 
         onnx_versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                          "exporter": "torchscript",
-                         "opset": onnx_export.OPSETS["torchscript"]}
+                         "opset": onnx_interop.OPSETS["torchscript"]}
 
     batches = {"train": _train_batches(args, on_gpu), "infer": _infer_batches(args, on_gpu)}
     tmp = None

@@ -229,7 +229,7 @@ def test_unwritable_workdir_names_the_path(tmp_path):
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):
-    from resnet_jax.train import loop
+    from resnet_jax.train import evaluate
 
     tmp = re.escape(str(tmp_path))
     with pytest.raises(ConfigError, match=rf"checkpoint '{tmp}/nope' does not exist: pass "
@@ -240,7 +240,7 @@ def test_missing_checkpoint_names_the_path(tmp_path):
         checkpoint.Saved(str(tmp_path / "empty"))
     config = _config(str(tmp_path), mode="eval", checkpoint=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match=r"checkpoint '.*/nope' does not exist") as error:
-        loop.evaluate_checkpoint(config, None)
+        evaluate.evaluate_checkpoint(config, None)
     _one_line(error)
 
 

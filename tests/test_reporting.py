@@ -105,10 +105,10 @@ def test_training_on_gpus_reports_model_flops_and_the_devices_peak():
     gpu = SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
     run = SimpleNamespace(config=config, mesh=SimpleNamespace(devices=np.array([gpu] * 8),
                                                               size=8))
-    rate = loop._compute_rate(run)
+    rate = loop.compute_rate(run)
     macs = flops.forward_macs(models.build(config, train=False), 32)
     assert rate == {"flops_per_image": 6.0 * macs, "peak_flops": 8 * 989e12}  # bf16 peak
     gpu.device_kind = "NVIDIA GeForce RTX 9090"  # not in the table: TFLOP/s without MFU
-    assert loop._compute_rate(run)["peak_flops"] is None
+    assert loop.compute_rate(run)["peak_flops"] is None
     gpu.platform = "cpu"
-    assert loop._compute_rate(run) == {}
+    assert loop.compute_rate(run) == {}
