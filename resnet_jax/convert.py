@@ -11,9 +11,9 @@ restore directly. Its metadata records what the weights expect (NVIDIA's
 TensorFlow ResNet50 pads 'SAME' and normalizes with its own mean and std),
 which evaluation and classify then use.
 
-The PyTorch side (naming schemes, key mapping) is in resnet_jax/torch/convert.py;
+The PyTorch side (naming schemes, key mapping) is in resnet_jax/interop/torch.py;
 the TensorFlow side (NVIDIA's variable names, padding, the 1001st output) in
-resnet_jax/tensorflow/convert.py. `--tf-checkpoint` drops the classifier's
+resnet_jax/interop/tensorflow.py. `--tf-checkpoint` drops the classifier's
 last output, which NVIDIA's training never uses (labels are shifted to 0..999);
 `--keep-background` keeps it, as class 1000.
 """
@@ -29,8 +29,8 @@ from resnet_jax import checkpoint, models, quiet
 from resnet_jax.data import MEAN_RGB, STD_RGB
 from resnet_jax.data.folders import imagenet_class_names
 from resnet_jax.errors import ConfigError
-from resnet_jax.tensorflow import convert as tf_convert
-from resnet_jax.torch import convert as torch_convert
+from resnet_jax.interop import tensorflow as tf_interop
+from resnet_jax.interop import torch as torch_interop
 
 
 def write_checkpoint(output: str, arch: str, variables: dict, *, source: str,
@@ -85,28 +85,28 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert_torch(args, arch: str) -> tuple[str, dict, str]:
     """(folder, variables, what was read) for --torch-checkpoint."""
-    state_dict = torch_convert.load_torch_state_dict(args.torch_checkpoint,
+    state_dict = torch_interop.load_torch_state_dict(args.torch_checkpoint,
                                                      allow_pickle=args.allow_pickle)
-    variables = torch_convert.torch_to_flax(arch, state_dict)
+    variables = torch_interop.torch_to_flax(arch, state_dict)
     folder = write_checkpoint(args.output, arch, variables,
                               source=os.path.abspath(args.torch_checkpoint))
     return folder, variables, (f"{len(state_dict)} tensors "
-                               f"({torch_convert.naming_scheme(state_dict)} naming)")
+                               f"({torch_interop.naming_scheme(state_dict)} naming)")
 
 
 def _convert_tf(args, arch: str) -> tuple[str, dict, str]:
     """(folder, variables, what was read) for --tf-checkpoint."""
-    tf_convert.check_arch(arch)  # before TensorFlow loads (seconds)
-    converted = tf_convert.tf_to_flax(arch, tf_convert.load_tf_checkpoint(args.tf_checkpoint),
+    tf_interop.check_arch(arch)  # before TensorFlow loads (seconds)
+    converted = tf_interop.tf_to_flax(arch, tf_interop.load_tf_checkpoint(args.tf_checkpoint),
                                       keep_unused_class=args.keep_background)
     folder = write_checkpoint(
         args.output, arch, converted.variables, source=os.path.abspath(args.tf_checkpoint),
         class_names=converted.class_names(imagenet_class_names()),
         model_options={"padding": converted.layout.padding,
-                       "bn_epsilon": tf_convert.BN_EPSILON},
+                       "bn_epsilon": tf_interop.BN_EPSILON},
         mean_rgb=converted.layout.mean_rgb, std_rgb=converted.layout.std_rgb,
-        eval_resize_size=tf_convert.EVAL_RESIZE_SIZE, eval_image_size=tf_convert.EVAL_IMAGE_SIZE,
-        eval_antialias=tf_convert.EVAL_ANTIALIAS)
+        eval_resize_size=tf_interop.EVAL_RESIZE_SIZE, eval_image_size=tf_interop.EVAL_IMAGE_SIZE,
+        eval_antialias=tf_interop.EVAL_ANTIALIAS)
     return folder, converted.variables, (f"{converted.num_tensors} tensors (NVIDIA TensorFlow, "
                                          f"{converted.summary()})")
 

@@ -12,7 +12,7 @@ torchvision's resnet50 or timm's models load with `load_state_dict(...,
 strict=True)`, in the naming asked for (NVIDIA's by default).
 onnx: a graph from `images` float32 NHWC [N, H, W, 3], normalized as in
 training, to `logits` float32 [N, classes], N dynamic, H = W = the
-checkpoint's evaluation crop (see resnet_jax/onnx_export.py).
+checkpoint's evaluation crop (see resnet_jax/interop/onnx.py).
 triton: that graph in a Triton model repository, OUTPUT/NAME/1/model.onnx
 with OUTPUT/NAME/config.pbtxt (ONNX Runtime backend, dynamic batching, one
 GPU instance) and OUTPUT/NAME/labels.txt (the class names).
@@ -26,10 +26,11 @@ import sys
 import jax
 import numpy as np
 
-from resnet_jax import checkpoint, onnx_export, quiet
+from resnet_jax import checkpoint, quiet
 from resnet_jax.classify import display_names
 from resnet_jax.errors import ConfigError
-from resnet_jax.torch import convert as torch_convert
+from resnet_jax.interop import onnx as onnx_interop
+from resnet_jax.interop import torch as torch_interop
 from resnet_jax.train.state import abstract_variables
 
 FORMATS = ("torch", "onnx", "triton")
@@ -64,7 +65,7 @@ def export_torch(checkpoint_path: str, output: str, *, naming: str = "nvidia",
             f"({padding!r}), which PyTorch's ResNets do not have: their logits would differ. "
             "Export it with --format onnx instead")
     variables = restore(saved, ema=ema)
-    state_dict = torch_convert.flax_to_torch(arch, variables, naming=naming)
+    state_dict = torch_interop.flax_to_torch(arch, variables, naming=naming)
     try:
         import torch
     except ImportError as error:
@@ -79,8 +80,8 @@ def export_torch(checkpoint_path: str, output: str, *, naming: str = "nvidia",
 def _write_onnx(saved: checkpoint.Saved, output: str, *, precision: str, ema: bool,
                 exporter: str) -> None:
     meta = saved.meta
-    onnx_export.reference_options(meta.get("model_options"))  # refused before the restore
-    onnx_export.export_variables(
+    onnx_interop.reference_options(meta.get("model_options"))  # refused before the restore
+    onnx_interop.export_variables(
         meta["arch"], restore(saved, ema=ema), output, num_classes=meta["num_classes"],
         image_size=meta["eval_image_size"], precision=precision,
         model_options=meta.get("model_options"), exporter=exporter,
@@ -91,7 +92,7 @@ def _write_onnx(saved: checkpoint.Saved, output: str, *, precision: str, ema: bo
 def export_onnx(checkpoint_path: str, output: str, *, precision: str = "fp32",
                 ema: bool = False, exporter: str = "torchscript") -> dict:
     """Writes the checkpoint's model as an ONNX file; returns the checkpoint's meta."""
-    onnx_export.require("torch", "onnx")
+    onnx_interop.require("torch", "onnx")
     _output_folder(output)
     saved = checkpoint.Saved(checkpoint_path)
     _write_onnx(saved, output, precision=precision, ema=ema, exporter=exporter)
@@ -104,20 +105,20 @@ def export_triton(checkpoint_path: str, repository: str, *, name: str | None = N
     """Writes REPOSITORY/NAME/{config.pbtxt, labels.txt, 1/model.onnx}; returns (the
     checkpoint's meta, those paths). NAME defaults to the arch; a model of that name
     already in the repository is replaced."""
-    onnx_export.require("torch", "onnx")
+    onnx_interop.require("torch", "onnx")
     if max_batch_size < 1:
         raise ConfigError(f"--max-batch-size {max_batch_size}: give 1 or more")
     _output_folder(repository)
     saved = checkpoint.Saved(checkpoint_path)
     meta = saved.meta
-    name = onnx_export.check_triton_name(name or meta["arch"])
-    paths = onnx_export.triton_paths(repository, name)
+    name = onnx_interop.check_triton_name(name or meta["arch"])
+    paths = onnx_interop.triton_paths(repository, name)
     os.makedirs(os.path.dirname(paths["model"]), exist_ok=True)
     _write_onnx(saved, paths["model"], precision=precision, ema=ema, exporter=exporter)
     with open(paths["labels"], "w") as f:
         f.write("".join(f"{label}\n" for label in display_names(meta)))
     with open(paths["config"], "w") as f:
-        f.write(onnx_export.triton_config(
+        f.write(onnx_interop.triton_config(
             name, image_size=meta["eval_image_size"], num_classes=meta["num_classes"],
             max_batch_size=max_batch_size, mean_rgb=meta.get("mean_rgb"),
             std_rgb=meta.get("std_rgb"), labels=os.path.basename(paths["labels"])))
@@ -150,12 +151,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ema", action="store_true",
                         help="the moving average of the weights (trained with "
                              "--config.ema_decay) instead of the weights")
-    parser.add_argument("--naming", choices=torch_convert.NAMINGS,
+    parser.add_argument("--naming", choices=torch_interop.NAMINGS,
                         help="torch: the state dict's key names (default: NVIDIA ConvNets')")
-    parser.add_argument("--precision", choices=onnx_export.PRECISIONS,
+    parser.add_argument("--precision", choices=onnx_interop.PRECISIONS,
                         help="onnx, triton: the graph's weights and computation (default: fp32; "
                         "input and output are float32 either way)")
-    parser.add_argument("--exporter", choices=onnx_export.EXPORTERS,
+    parser.add_argument("--exporter", choices=onnx_interop.EXPORTERS,
                         help="onnx, triton: torch.onnx's TorchScript-based exporter (default, "
                         "opset 17) or its torch.export-based one (opset 18, needs onnxscript)")
     parser.add_argument("--name", help="triton: the model's name and folder (default: the arch)")
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
             meta = export_onnx(args.checkpoint, args.output, precision=args.precision,
                                ema=args.ema, exporter=args.exporter)
             print(f"exported {meta['arch']}{ema} to ONNX in {args.precision}: {_signature(meta)}, "
-                  f"opset {onnx_export.OPSETS[args.exporter]} -> {args.output} "
+                  f"opset {onnx_interop.OPSETS[args.exporter]} -> {args.output} "
                   f"({os.path.getsize(args.output) / 2**20:.1f} MiB)")
         else:
             meta, paths = export_triton(args.checkpoint, args.output, name=args.name,
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
 
 def _signature(meta: dict) -> str:
     size = meta["eval_image_size"]
-    return (f"{onnx_export.INPUT} [N, {size}, {size}, 3] float32 -> {onnx_export.OUTPUT} "
+    return (f"{onnx_interop.INPUT} [N, {size}, {size}, 3] float32 -> {onnx_interop.OUTPUT} "
             f"[N, {meta['num_classes']}] float32")
 
 

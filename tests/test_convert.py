@@ -10,9 +10,9 @@ import torch  # a test dependency (pyproject's `test` extra); the converter itse
 
 from resnet_jax import checkpoint, convert, models
 from resnet_jax.errors import ConfigError
-from resnet_jax.torch import convert as torch_convert
-from resnet_jax.torch import reference as ref
-from resnet_jax.torch.convert import ConversionError
+from resnet_jax.interop import torch as torch_interop
+from resnet_jax.interop import torch_reference as ref
+from resnet_jax.interop.torch import ConversionError
 from resnet_jax.train.state import abstract_variables
 
 CASES = [
@@ -56,10 +56,10 @@ def _relative_error(got, want):
 def test_converted_logits_equal_pytorch(arch, scheme):
     model, images, want = _reference(arch, scheme)
     state_dict = _numpy_state_dict(model)
-    assert torch_convert.naming_scheme(state_dict) == (
+    assert torch_interop.naming_scheme(state_dict) == (
         "nvidia" if scheme in ("nvidia", "nvidia_trt")
         or (scheme == "nvidia_ngc" and arch.startswith("se_")) else "torchvision/timm")
-    variables = torch_convert.torch_to_flax(arch, state_dict)
+    variables = torch_interop.torch_to_flax(arch, state_dict)
     got = _apply(arch, 1000)(variables, jnp.asarray(images))
     assert got.shape == want.shape
     assert _relative_error(got, want) < 1e-4
@@ -71,7 +71,7 @@ def test_each_se_network_converts_exactly_and_refuses_the_other():
     model, _, _ = _reference("se_resnext101_32x4d", "nvidia")
     state_dict = _numpy_state_dict(model)
     assert state_dict["layers.2.0.squeeze.squeeze.weight"].shape == (16, 1024)
-    variables = torch_convert.torch_to_flax("se_resnext101_32x4d", state_dict)
+    variables = torch_interop.torch_to_flax("se_resnext101_32x4d", state_dict)
     se = variables["params"]["layer3_0"]["se"]
     np.testing.assert_array_equal(se["reduce"]["kernel"][0, 0],
                                   state_dict["layers.2.0.squeeze.squeeze.weight"].T)
@@ -80,10 +80,10 @@ def test_each_se_network_converts_exactly_and_refuses_the_other():
     # Stages 2-4 misfit (30 blocks x 3 tensors); in stage 1, 256/16 = 16 units fit both.
     with pytest.raises(ConversionError, match=r"wrong shape 90: .*; \.\.\. 84 more\. .*SE gates "
                        r"of 16 units are NVIDIA's \(--arch se_resnext101_32x4d\)"):
-        torch_convert.torch_to_flax("seresnext101_32x4d", state_dict)
+        torch_interop.torch_to_flax("seresnext101_32x4d", state_dict)
     timm, _, _ = _reference("seresnext101_32x4d", "timm")
     with pytest.raises(ConversionError, match=r"of channels/16 timm's"):
-        torch_convert.torch_to_flax("se_resnext101_32x4d", _numpy_state_dict(timm))
+        torch_interop.torch_to_flax("se_resnext101_32x4d", _numpy_state_dict(timm))
     with pytest.raises(ValueError, match="timm's SE gates, which scheme 'nvidia' does not name"):
         ref.ResNet("seresnext101_32x4d", "nvidia")
 
@@ -92,7 +92,7 @@ def test_torch_tensors_ddp_prefix_and_other_class_counts():
     model, images, want = _reference("resnet_tiny", "torchvision", num_classes=7)
     state_dict = {f"module.{k}": v for k, v in model.state_dict().items()}  # torch tensors
     assert any(k.endswith("num_batches_tracked") for k in state_dict)
-    variables = torch_convert.torch_to_flax("resnet_tiny", state_dict)
+    variables = torch_interop.torch_to_flax("resnet_tiny", state_dict)
     assert variables["params"]["fc"]["kernel"].shape == (64, 7)
     assert _relative_error(_apply("resnet_tiny", 7)(variables, jnp.asarray(images)), want) < 1e-4
 
@@ -104,7 +104,7 @@ def test_missing_unexpected_and_misshapen_keys_are_named():
     state_dict["layer5.0.conv1.weight"] = np.zeros((4, 4, 1, 1), np.float32)
     state_dict["layer1.0.conv2.weight"] = np.zeros((4, 4, 5, 5), np.float32)
     with pytest.raises(ConversionError) as error:
-        torch_convert.torch_to_flax("resnet_tiny", state_dict)
+        torch_interop.torch_to_flax("resnet_tiny", state_dict)
     message = str(error.value)
     assert "missing 1: layer2.0.bn2.running_var" in message
     assert "unexpected 1: layer5.0.conv1.weight" in message
@@ -114,7 +114,7 @@ def test_missing_unexpected_and_misshapen_keys_are_named():
 def test_wrong_arch_is_reported_with_the_choices():
     model, _, _ = _reference("resnet50_v15", "torchvision")
     with pytest.raises(ConversionError, match=r"does not fit arch resnext101_32x4d.*--arch"):
-        torch_convert.torch_to_flax("resnext101_32x4d", _numpy_state_dict(model))
+        torch_interop.torch_to_flax("resnext101_32x4d", _numpy_state_dict(model))
 
 
 def test_command_line_writes_a_checkpoint_that_restores(tmp_path):
@@ -139,7 +139,7 @@ def test_command_line_writes_a_checkpoint_that_restores(tmp_path):
 
 def test_nvidia_arch_names_are_aliases(tmp_path, capsys):
     model, _, _ = _reference("resnext101_32x4d", "nvidia")
-    variables = torch_convert.torch_to_flax("resnext101-32x4d", _numpy_state_dict(model))
+    variables = torch_interop.torch_to_flax("resnext101-32x4d", _numpy_state_dict(model))
     assert variables["params"]["fc"]["kernel"].shape == (2048, 1000)
     tiny, _, _ = _reference("resnet_tiny", "torchvision")
     path = tmp_path / "tiny.pth"
@@ -198,7 +198,7 @@ def test_export_to_pytorch_round_trips_bit_exact(arch, scheme):
     with strict=True."""
     model, _, _ = _reference(arch, scheme)
     state_dict = _numpy_state_dict(model)
-    back = torch_convert.flax_to_torch(arch, torch_convert.torch_to_flax(arch, state_dict),
+    back = torch_interop.flax_to_torch(arch, torch_interop.torch_to_flax(arch, state_dict),
                                        naming=scheme)
     assert sorted(back) == sorted(state_dict)
     for key, value in state_dict.items():
@@ -214,7 +214,7 @@ def test_export_command_writes_a_state_dict_that_runs(tmp_path, capsys):
     model, images, want = _reference("resnet_tiny", "nvidia", num_classes=3)
     folder = str(tmp_path / "tiny")
     convert.write_checkpoint(folder, "resnet_tiny",
-                             torch_convert.torch_to_flax("resnet_tiny", _numpy_state_dict(model)),
+                             torch_interop.torch_to_flax("resnet_tiny", _numpy_state_dict(model)),
                              source="test")
     out = tmp_path / "tiny.pth"
     assert export.main(["--checkpoint", folder, "--format", "torch", "--output", str(out),
@@ -230,11 +230,11 @@ def test_export_command_writes_a_state_dict_that_runs(tmp_path, capsys):
                         "--ema"]) == 2
     assert "holds no EMA of the weights" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="timm's SE gates: export it with --naming timm"):
-        torch_convert.flax_to_torch("seresnext101_32x4d", {}, naming="nvidia")
+        torch_interop.flax_to_torch("seresnext101_32x4d", {}, naming="nvidia")
     # TensorFlow's padding (weights from NVIDIA's TF checkpoint): PyTorch's ResNets lack it.
     same = str(tmp_path / "same")
     convert.write_checkpoint(same, "resnet_tiny",
-                             torch_convert.torch_to_flax("resnet_tiny", _numpy_state_dict(model)),
+                             torch_interop.torch_to_flax("resnet_tiny", _numpy_state_dict(model)),
                              source="test", model_options={"padding": "same"})
     assert export.main(["--checkpoint", same, "--format", "torch", "--output",
                         str(tmp_path / "same.pth")]) == 2

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from resnet_jax import checkpoint, convert, models
-from resnet_jax.tensorflow import convert as tf_convert
+from resnet_jax.interop import tensorflow as tf_interop
 from resnet_jax.train.state import abstract_variables
 
 STAGES = (3, 4, 6, 3)
@@ -30,7 +30,7 @@ WIDTHS = (64, 128, 256, 512)
 
 
 def _layout(scope):
-    return next(layout for layout in tf_convert.LAYOUTS if layout.scope == scope)
+    return next(layout for layout in tf_interop.LAYOUTS if layout.scope == scope)
 
 
 def _block_scope(layout, stage, block):
@@ -179,8 +179,8 @@ def test_names_are_nvidias(nvidia):
     abstract = abstract_variables("resnet50_v15", 1001)
     flax_paths = [tuple(k.key for k in key_path) for tree in abstract.values()
                   for key_path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    assert {tf_convert.tf_name(path, layout) for path in flax_paths} == names
-    assert tf_convert.tf_name(("layer2_0", "bn2", "mean"), layout) == (
+    assert {tf_interop.tf_name(path, layout) for path in flax_paths} == names
+    assert tf_interop.tf_name(("layer2_0", "bn2", "mean"), layout) == (
         "resnet50/btlnck_block_1_0/bottleneck_2/BatchNorm/moving_mean")
     for name in ("resnet50/conv2d/conv2d/kernel", "resnet50/conv2d/BatchNorm/moving_variance",
                  "resnet50/btlnck_block_0_0/shortcut/conv2d/conv2d/kernel",
@@ -190,7 +190,7 @@ def test_names_are_nvidias(nvidia):
         assert name in names
     old = _renamed({n: 0 for n in names}, layout, _layout("resnet50_v1.5"))
     assert "resnet50_v1.5/btlnck_block_4_3/bottleneck_3/BatchNorm/beta" in old
-    assert tf_convert.tf_name(("layer4_2", "bn3", "bias"), _layout("resnet50_v1.5")) == (
+    assert tf_interop.tf_name(("layer4_2", "bn3", "bias"), _layout("resnet50_v1.5")) == (
         "resnet50_v1.5/btlnck_block_4_3/bottleneck_3/BatchNorm/beta")
 
 
@@ -226,7 +226,7 @@ def test_keep_background_keeps_all_1001_outputs(nvidia, tmp_path, capsys):
     assert got.shape == (2, 1001)
     assert _relative_error(got, want) < 1e-4
     assert meta["class_names"][0] == "tench"
-    assert meta["class_names"][1000] == tf_convert.UNUSED_CLASS
+    assert meta["class_names"][1000] == tf_interop.UNUSED_CLASS
 
 
 def test_2019_layout_pads_convolutions_symmetrically_and_the_max_pool_same(nvidia):
@@ -234,7 +234,7 @@ def test_2019_layout_pads_convolutions_symmetrically_and_the_max_pool_same(nvidi
     strided 3x3s explicitly; its max pool is 'SAME'."""
     _, weights, images, _ = nvidia
     old = _renamed(weights, _layout("resnet50"), _layout("resnet50_v1.5"))
-    converted = tf_convert.tf_to_flax("resnet50_v15", old, keep_unused_class=True)
+    converted = tf_interop.tf_to_flax("resnet50_v15", old, keep_unused_class=True)
     assert converted.layout.padding == "symmetric_same_pool"
     # Its input: (x - mean) / 255 (utils/data_utils.py of 2019).
     assert converted.layout.mean_rgb == (123.68, 116.78, 103.94)
@@ -313,8 +313,8 @@ def test_missing_unexpected_and_misshapen_variables_are_named(nvidia):
     del weights["resnet50/btlnck_block_1_0/bottleneck_2/BatchNorm/moving_mean"]
     weights["resnet50/btlnck_block_0_0/bottleneck_se_layer/dense/kernel"] = np.zeros((1, 1))
     weights["resnet50/conv2d/conv2d/kernel"] = np.zeros((3, 3, 3, 64), np.float32)
-    with pytest.raises(tf_convert.ConversionError) as error:
-        tf_convert.tf_to_flax("resnet50_v15", weights)
+    with pytest.raises(tf_interop.ConversionError) as error:
+        tf_interop.tf_to_flax("resnet50_v15", weights)
     message = str(error.value)
     assert "\n" not in message
     assert "missing 1: resnet50/btlnck_block_1_0/bottleneck_2/BatchNorm/moving_mean" in message
@@ -325,19 +325,19 @@ def test_missing_unexpected_and_misshapen_variables_are_named(nvidia):
     # (names that exist in both numberings hold other blocks' weights: wrong shapes).
     layout = _layout("resnet50")
     mixed = _renamed(nvidia[1], layout, dataclasses.replace(layout, first_index=1))
-    with pytest.raises(tf_convert.ConversionError, match=r"missing 125: resnet50/btlnck_block_0_0/"
+    with pytest.raises(tf_interop.ConversionError, match=r"missing 125: resnet50/btlnck_block_0_0/"
                        r".*, \.\.\. 119 more \| unexpected 125: .*, \.\.\. 119 more \| "
                        r"wrong shape 135: resnet50/btlnck_block_1_1/bottleneck_1/BatchNorm/"
                        r"moving_mean \(64,\) -> layer2_1/bn1/mean needs \(128,\);"):
-        tf_convert.tf_to_flax("resnet50_v15", mixed)
+        tf_interop.tf_to_flax("resnet50_v15", mixed)
 
 
 def test_a_folder_with_a_checkpoint_file_reads_and_tensorflow_is_not_shadowed(nvidia, tmp_path):
     # NGC's zip unpacks to such a folder.
     (tmp_path / "checkpoint").write_text(f'model_checkpoint_path: "{nvidia[0]}"\n')
-    reader = tf_convert.load_tf_checkpoint(str(tmp_path))  # imports TensorFlow from inside
+    reader = tf_interop.load_tf_checkpoint(str(tmp_path))  # imports TensorFlow from inside
     assert "global_step" in reader and len(reader) == 267 + 6
-    # The package resnet_jax.tensorflow imported TensorFlow itself, not itself.
-    package = os.path.dirname(os.path.abspath(tf_convert.__file__))
+    # The module resnet_jax.interop.tensorflow imported TensorFlow itself, not itself.
+    package = os.path.dirname(os.path.abspath(tf_interop.__file__))
     real = os.path.dirname(os.path.abspath(sys.modules["tensorflow"].__file__))
     assert real != package and os.path.basename(real) == "tensorflow"

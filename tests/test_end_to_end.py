@@ -125,7 +125,7 @@ def test_bad_value_stops_with_one_line_and_nonzero_exit(tmp_path, data_root, ove
 def _convert_tiny_torch_model(tmp_path, num_classes, name):
     import torch
 
-    from resnet_jax.torch import reference as ref
+    from resnet_jax.interop import torch_reference as ref
 
     model = ref.randomized(ref.ResNet("resnet_tiny", "torchvision", num_classes), seed=3)
     path = tmp_path / f"{name}.pth"
@@ -174,13 +174,13 @@ def test_converted_weights_evaluate_classify_and_fine_tune(tmp_path, data_root):
     # Fine-tuning a 5-class model on the 3-class tree: all but the classifier carry over.
     # (Converted in this process: the command line was run above.)
     from resnet_jax import convert
-    from resnet_jax.torch import convert as torch_convert
-    from resnet_jax.torch import reference as ref
+    from resnet_jax.interop import torch as torch_interop
+    from resnet_jax.interop import torch_reference as ref
 
     five = str(tmp_path / "five")
     model = ref.randomized(ref.ResNet("resnet_tiny", "torchvision", 5), seed=3)
     convert.write_checkpoint(five, "resnet_tiny",
-                             torch_convert.torch_to_flax("resnet_tiny", model.state_dict()),
+                             torch_interop.torch_to_flax("resnet_tiny", model.state_dict()),
                              source="test")
     result, output = _run(str(tmp_path / "finetune"), data_root, *sizes,
                           f"--config.init_checkpoint={five}", "--config.num_epochs=1",

@@ -18,7 +18,8 @@ import onnxruntime as ort
 import orbax.checkpoint as ocp
 import pytest
 
-from resnet_jax import checkpoint, convert, export, models, onnx_export
+from resnet_jax import checkpoint, convert, export, models
+from resnet_jax.interop import onnx as onnx_interop
 from resnet_jax.train.state import abstract_variables
 
 SIZE = 32
@@ -86,7 +87,7 @@ def _case(arch: str) -> tuple[dict, np.ndarray, np.ndarray]:
 def test_onnx_runtime_logits_equal_jax_at_batch_1_and_7(arch, tmp_path):
     variables, images, want = _case(arch)
     path = tmp_path / "model.onnx"
-    onnx_export.export_variables(arch, variables, str(path), num_classes=CLASSES,
+    onnx_interop.export_variables(arch, variables, str(path), num_classes=CLASSES,
                                  image_size=SIZE)
     session = _session(path)
     (images_in,), (logits_out,) = session.get_inputs(), session.get_outputs()
@@ -104,7 +105,7 @@ def test_fp16_weights_and_compute_in_half_precision_float32_at_the_edges(tmp_pat
     arch = "resnet50_v15"
     variables, images, want = _case(arch)
     path = tmp_path / "fp16.onnx"
-    onnx_export.export_variables(arch, variables, str(path), num_classes=CLASSES,
+    onnx_interop.export_variables(arch, variables, str(path), num_classes=CLASSES,
                                  image_size=SIZE, precision="fp16")
     graph = onnx.load(str(path))
     assert {t.data_type for t in graph.graph.initializer} == {onnx.TensorProto.FLOAT16}
@@ -331,5 +332,5 @@ def test_model_options_the_export_does_not_know_are_refused(tmp_path, capsys):
         "error: the checkpoint's model options ['stem'] are not supported by the ONNX export "
         "(it knows padding, bn_epsilon)\n")
     # Options that only shape training change nothing in the graph: accepted.
-    assert onnx_export.reference_options({"conv_init": "mxnet", "bn_epsilon": 1e-3}) == {
+    assert onnx_interop.reference_options({"conv_init": "mxnet", "bn_epsilon": 1e-3}) == {
         "bn_epsilon": 1e-3}

@@ -68,7 +68,7 @@ def decay_mask(params, rule: str = "kernels"):
     if rule == "kernels":
         return jax.tree_util.tree_map_with_path(
             lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
-    from resnet_jax.torch.convert import torch_key
+    from resnet_jax.interop.torch import torch_key
 
     return jax.tree_util.tree_map_with_path(
         lambda path, _: "bn" not in torch_key(tuple(k.key for k in path), "params"), params)

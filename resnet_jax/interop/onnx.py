@@ -3,7 +3,7 @@
 The command line is `python -m resnet_jax.export --format onnx|triton` (resnet_jax/export.py).
 
 The route: the Flax variables go bit-exactly into the PyTorch reference
-model (resnet_jax.torch.convert.flax_to_torch, resnet_jax.torch.reference),
+model (resnet_jax.interop.torch.flax_to_torch, resnet_jax.interop.torch_reference),
 and PyTorch's exporter `torch.onnx.export` writes the graph, as NVIDIA's
 ConvNets `model2onnx.py` does. The graph takes `images`, float32 NHWC
 [N, H, W, 3] normalized as in training ((pixel - mean_rgb) / std_rgb), and
@@ -36,6 +36,7 @@ import numpy as np
 
 from resnet_jax import models
 from resnet_jax.errors import ConfigError
+from resnet_jax.interop import torch as torch_interop
 from resnet_jax.models.resnet import PADDINGS
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -82,12 +83,11 @@ def torch_module(arch: str, variables: dict, *, num_classes: int, precision: str
     require("torch")
     import torch
 
-    from resnet_jax.torch import convert as torch_convert
-    from resnet_jax.torch import reference
+    from resnet_jax.interop import torch_reference as reference
 
-    scheme = torch_convert.native_naming(arch)
+    scheme = torch_interop.native_naming(arch)
     options = reference_options(model_options)
-    state_dict = torch_convert.flax_to_torch(arch, variables, naming=scheme)
+    state_dict = torch_interop.flax_to_torch(arch, variables, naming=scheme)
     with torch.device("meta"):  # no initial weights drawn: they are all replaced
         model = reference.ResNet(arch, scheme, num_classes, **options)
     # Copies: arrays restored from a checkpoint are read-only, which torch warns about.

@@ -1,1 +1,0 @@
-"""PyTorch side: the three models in PyTorch (reference.py) and weight conversion (convert.py)."""
