@@ -84,6 +84,15 @@ def test_fp16_overflow_skips_update_and_halves_scale():
     assert int(after.step) == int(before.step) + 1 and int(after.good_steps) == 0
 
 
+def test_keep_if_finite_takes_the_new_tree_only_when_finite():
+    new = {"w": jnp.array([1.0, 2.0]), "opt": (jnp.int32(3),)}
+    old = {"w": jnp.array([5.0, 6.0]), "opt": (jnp.int32(7),)}
+    taken = step_lib.keep_if_finite(jnp.bool_(True), new, old)
+    kept = step_lib.keep_if_finite(jnp.bool_(False), new, old)
+    jax.tree.map(np.testing.assert_array_equal, taken, new)
+    jax.tree.map(np.testing.assert_array_equal, kept, old)
+
+
 def test_loss_scale_doubles_after_growth_interval_finite_steps():
     scale, good = jnp.float32(8.0), jnp.int32(0)
     for expected_scale in (8.0, 8.0, 16.0):

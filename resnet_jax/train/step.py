@@ -36,6 +36,13 @@ def mixup(rng, images, targets, alpha: float):
     return mixed.astype(images.dtype), lam * targets + (1 - lam) * targets[::-1]
 
 
+def keep_if_finite(finite, new, old):
+    """`new` where `finite`, else `old`, leaf by leaf: a step with non-finite gradients (an
+    fp16 overflow, or a diverging run) leaves the parameters, BN statistics and optimizer
+    state as they were."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
 def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smoothing: float,
                     mixup_alpha: float, fp16: bool, loss_scale_growth_interval: int, seed: int,
                     accumulation_steps: int = 1, ema_decay: float = 0.0,
@@ -76,7 +83,8 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
         if accumulation_steps == 1:
             out = micro_batch_grads(state, images, labels, 0)
         else:
-            split = lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:])  # noqa: E731
+            def split(x):  # (B, ...) -> (k, B/k, ...): one row per micro-batch
+                return x.reshape(accumulation_steps, -1, *x.shape[1:])
 
             def accumulate(total, micro):
                 out = micro_batch_grads(state, *micro)
@@ -91,6 +99,10 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
         # BN statistics are averaged too, so every device keeps the same state.
         return lax.pmean(out, AXIS)
 
+    # check_vma=False: each device's gradient of the replicated parameters must stay its
+    # own until the pmean in device_grads. With the check on, JAX treats the replicated
+    # parameters as broadcast to every device, and the transpose of that broadcast sums the
+    # gradients over 'data' inside the backward pass: the pmean would then average sums.
     sharded_grads = jax.shard_map(
         device_grads, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P(),
         check_vma=False,
@@ -102,12 +114,11 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
         finite = precision.all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        # A non-finite step (an fp16 overflow, or a diverging run in any precision)
-        # changes nothing but the loss scale: the loop counts such steps and stops.
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        params = keep(params, state.params)
-        opt_state = keep(opt_state, state.opt_state)
-        batch_stats = keep(batch_stats, state.batch_stats)
+        # A non-finite step changes nothing but the loss scale: the loop counts such steps
+        # and stops after too many in a row.
+        params, opt_state, batch_stats = keep_if_finite(
+            finite, (params, opt_state, batch_stats),
+            (state.params, state.opt_state, state.batch_stats))
         loss_scale, good_steps = precision.update_loss_scale(
             state.loss_scale, state.good_steps, finite,
             growth_interval=loss_scale_growth_interval, enabled=fp16, max_scale=loss_scale_max,
