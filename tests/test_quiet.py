@@ -25,6 +25,8 @@ COMMANDS = [
     [os.path.join(ROOT, "scripts", "benchmark.py")],
     [os.path.join(ROOT, "scripts", "benchmark_data.py")],
     [os.path.join(ROOT, "scripts", "benchmark_epoch.py")],
+    [os.path.join(ROOT, "scripts", "benchmark_feed.py")],
+    [os.path.join(ROOT, "scripts", "gpu_check.py")],
     [os.path.join(ROOT, "scripts", "flops.py")],
 ]
 
