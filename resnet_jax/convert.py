@@ -31,6 +31,7 @@ from resnet_jax.data.folders import imagenet_class_names
 from resnet_jax.errors import ConfigError
 from resnet_jax.interop import tensorflow as tf_interop
 from resnet_jax.interop import torch as torch_interop
+from resnet_jax.models import naming
 
 
 def write_checkpoint(output: str, arch: str, variables: dict, *, source: str,
@@ -91,7 +92,7 @@ def _convert_torch(args, arch: str) -> tuple[str, dict, str]:
     folder = write_checkpoint(args.output, arch, variables,
                               source=os.path.abspath(args.torch_checkpoint))
     return folder, variables, (f"{len(state_dict)} tensors "
-                               f"({torch_interop.naming_scheme(state_dict)} naming)")
+                               f"({naming.naming_scheme(state_dict)} naming)")
 
 
 def _convert_tf(args, arch: str) -> tuple[str, dict, str]:

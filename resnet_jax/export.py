@@ -31,6 +31,7 @@ from resnet_jax.classify import display_names
 from resnet_jax.errors import ConfigError
 from resnet_jax.interop import onnx as onnx_interop
 from resnet_jax.interop import torch as torch_interop
+from resnet_jax.models import naming
 from resnet_jax.train.state import abstract_variables
 
 FORMATS = ("torch", "onnx", "triton")
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ema", action="store_true",
                         help="the moving average of the weights (trained with "
                              "--config.ema_decay) instead of the weights")
-    parser.add_argument("--naming", choices=torch_interop.NAMINGS,
+    parser.add_argument("--naming", choices=naming.TORCH_NAMINGS,
                         help="torch: the state dict's key names (default: NVIDIA ConvNets')")
     parser.add_argument("--precision", choices=onnx_interop.PRECISIONS,
                         help="onnx, triton: the graph's weights and computation (default: fp32; "

@@ -87,8 +87,7 @@ from resnet_jax.bench.hardware import mfu, model_flops_per_image, peak_flops
 from resnet_jax.data.source import num_threads
 from resnet_jax.errors import ConfigError
 from resnet_jax.interop import onnx as onnx_interop
-from resnet_jax.interop import torch as torch_interop
-from resnet_jax.models import flops
+from resnet_jax.models import flops, naming
 from resnet_jax.train import precision, setup
 
 MODES = ("train", "infer")
@@ -311,7 +310,7 @@ def torch_model(arch: str):
         pass
     from resnet_jax.interop import torch_reference
 
-    scheme = torch_interop.native_naming(arch)
+    scheme = naming.native_naming(arch)
     return (torch_reference.ResNet(arch, scheme),
             f"resnet_jax.interop.torch_reference ({scheme})")
 

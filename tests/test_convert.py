@@ -13,6 +13,7 @@ from resnet_jax.errors import ConfigError
 from resnet_jax.interop import torch as torch_interop
 from resnet_jax.interop import torch_reference as ref
 from resnet_jax.interop.torch import ConversionError
+from resnet_jax.models import naming
 from resnet_jax.train.state import abstract_variables
 
 CASES = [
@@ -56,7 +57,7 @@ def _relative_error(got, want):
 def test_converted_logits_equal_pytorch(arch, scheme):
     model, images, want = _reference(arch, scheme)
     state_dict = _numpy_state_dict(model)
-    assert torch_interop.naming_scheme(state_dict) == (
+    assert naming.naming_scheme(state_dict) == (
         "nvidia" if scheme in ("nvidia", "nvidia_trt")
         or (scheme == "nvidia_ngc" and arch.startswith("se_")) else "torchvision/timm")
     variables = torch_interop.torch_to_flax(arch, state_dict)

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from resnet_jax import checkpoint, convert, models
 from resnet_jax.interop import tensorflow as tf_interop
+from resnet_jax.models import naming
 from resnet_jax.train.state import abstract_variables
 
 STAGES = (3, 4, 6, 3)
@@ -179,8 +180,8 @@ def test_names_are_nvidias(nvidia):
     abstract = abstract_variables("resnet50_v15", 1001)
     flax_paths = [tuple(k.key for k in key_path) for tree in abstract.values()
                   for key_path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    assert {tf_interop.tf_name(path, layout) for path in flax_paths} == names
-    assert tf_interop.tf_name(("layer2_0", "bn2", "mean"), layout) == (
+    assert {naming.tf_name(path, layout) for path in flax_paths} == names
+    assert naming.tf_name(("layer2_0", "bn2", "mean"), layout) == (
         "resnet50/btlnck_block_1_0/bottleneck_2/BatchNorm/moving_mean")
     for name in ("resnet50/conv2d/conv2d/kernel", "resnet50/conv2d/BatchNorm/moving_variance",
                  "resnet50/btlnck_block_0_0/shortcut/conv2d/conv2d/kernel",
@@ -190,7 +191,7 @@ def test_names_are_nvidias(nvidia):
         assert name in names
     old = _renamed({n: 0 for n in names}, layout, _layout("resnet50_v1.5"))
     assert "resnet50_v1.5/btlnck_block_4_3/bottleneck_3/BatchNorm/beta" in old
-    assert tf_interop.tf_name(("layer4_2", "bn3", "bias"), _layout("resnet50_v1.5")) == (
+    assert naming.tf_name(("layer4_2", "bn3", "bias"), _layout("resnet50_v1.5")) == (
         "resnet50_v1.5/btlnck_block_4_3/bottleneck_3/BatchNorm/beta")
 
 

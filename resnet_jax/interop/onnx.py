@@ -37,6 +37,7 @@ import numpy as np
 from resnet_jax import models
 from resnet_jax.errors import ConfigError
 from resnet_jax.interop import torch as torch_interop
+from resnet_jax.models import naming
 from resnet_jax.models.resnet import PADDINGS
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -85,7 +86,7 @@ def torch_module(arch: str, variables: dict, *, num_classes: int, precision: str
 
     from resnet_jax.interop import torch_reference as reference
 
-    scheme = torch_interop.native_naming(arch)
+    scheme = naming.native_naming(arch)
     options = reference_options(model_options)
     state_dict = torch_interop.flax_to_torch(arch, variables, naming=scheme)
     with torch.device("meta"):  # no initial weights drawn: they are all replaced

@@ -60,12 +60,12 @@ import glob
 import os
 import re
 
-from flax import traverse_util
-import jax
 import numpy as np
 
 from resnet_jax import models
 from resnet_jax.errors import ConfigError, ConversionError, describe_mismatch, first_items
+from resnet_jax.interop import matching
+from resnet_jax.models.naming import tf_name
 from resnet_jax.train.state import abstract_variables
 
 BN_EPSILON = 1e-5
@@ -91,12 +91,6 @@ LAYOUTS = (
            (255.0, 255.0, 255.0)),
 )
 
-# Flax module -> NVIDIA's scope, at the top and inside a bottleneck.
-_TOP = {"conv1": "conv2d/conv2d", "bn1": "conv2d/BatchNorm", "fc": "output/dense"}
-_BLOCK = {**{f"conv{i}": f"bottleneck_{i}/conv2d" for i in (1, 2, 3)},
-          **{f"bn{i}": f"bottleneck_{i}/BatchNorm" for i in (1, 2, 3)},
-          "downsample_conv": "shortcut/conv2d/conv2d", "downsample_bn": "shortcut/conv2d/BatchNorm"}
-_BN_LEAVES = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
 _EMA_SLOT = "ExponentialMovingAverage"
 
 
@@ -139,23 +133,6 @@ class Converted:
                 + (f"; left out: {', '.join(left_out)}" if left_out else "")
                 + ("; dropped output 1000, which no label trained" if self.dropped_unused_class
                    else ""))
-
-
-def tf_name(path: tuple[str, ...], layout: Layout) -> str:
-    """NVIDIA's name of one Flax variable, e.g. ('layer2_0', 'bn2', 'mean') ->
-    'resnet50/btlnck_block_1_0/bottleneck_2/BatchNorm/moving_mean'."""
-    *modules, leaf = path
-    names, table = [layout.scope], _TOP
-    for module in modules:
-        block = re.fullmatch(r"layer(\d+)_(\d+)", module)
-        if block:
-            stage, index = int(block.group(1)) - 1, int(block.group(2))
-            names.append(f"btlnck_block_{stage + layout.first_index}_{index + layout.first_index}")
-            table = _BLOCK
-        else:
-            names.append(table[module])
-    names.append(leaf if modules[-1] == "fc" or leaf == "kernel" else _BN_LEAVES[leaf])
-    return "/".join(names)
 
 
 def layout_of(names) -> Layout:
@@ -202,38 +179,30 @@ def tf_to_flax(arch: str, tensors, *, keep_unused_class: bool = False) -> Conver
         raise ConversionError(f"the checkpoint has no {fc_bias!r}: is it a classification "
                               "model of NVIDIA's TensorFlow ConvNets?")
     num_classes = int(np.shape(tensors[fc_bias])[0])
-    abstract = abstract_variables(arch, num_classes)
-
-    names = {}  # NVIDIA's name -> (collection, Flax path, spec)
-    for collection, tree in abstract.items():
-        for key_path, spec in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            path = tuple(k.key for k in key_path)
-            names[tf_name(path, layout)] = (collection, path, spec)
-    unexpected, left_out = _others(tensors, names, layout.scope)
-
-    missing, wrong_shape, flat = [], [], {collection: {} for collection in abstract}
-    for name, (collection, path, spec) in names.items():
-        if name not in tensors:
-            missing.append(name)
-            continue
-        value = np.asarray(tensors[name], np.float32)
-        if path[-2:] == ("fc", "kernel") and value.ndim == 4 and value.shape[:2] == (1, 1):
-            value = value[0, 0]  # postprocess_ckpt.py's 1x1-convolution classifier
-        if value.shape != spec.shape:
-            wrong_shape.append(f"{name} {value.shape} -> {'/'.join(path)} needs {spec.shape}")
-            continue
-        flat[collection][path] = value
-    if problems := describe_mismatch(missing, unexpected, wrong_shape):
+    targets = matching.targets(abstract_variables(arch, num_classes),
+                               lambda path, _: tf_name(path, layout))
+    unexpected, left_out = _others(tensors, targets, layout.scope)
+    matched = matching.match(targets, tensors, _to_flax_layout)
+    if problems := describe_mismatch(matched.missing, unexpected, matched.wrong_shape):
         raise ConversionError(
             f"the checkpoint ({layout.scope}/) does not fit arch {arch} with {num_classes} "
             f"classes: " + problems + ". Is it NVIDIA's TensorFlow ResNet50 v1.5?")
 
+    variables = matched.variables
     drop = num_classes == 1001 and not keep_unused_class
     if drop:
-        flat["params"][("fc", "kernel")] = flat["params"][("fc", "kernel")][:, :1000]
-        flat["params"][("fc", "bias")] = flat["params"][("fc", "bias")][:1000]
-    variables = {collection: traverse_util.unflatten_dict(f) for collection, f in flat.items()}
-    return Converted(variables, layout, len(names), **left_out, dropped_unused_class=drop)
+        fc = variables["params"]["fc"]
+        fc["kernel"], fc["bias"] = fc["kernel"][:, :1000], fc["bias"][:1000]
+    return Converted(variables, layout, len(targets), **left_out, dropped_unused_class=drop)
+
+
+def _to_flax_layout(value, target: matching.Target) -> np.ndarray:
+    """A checkpoint's tensor as numpy float32 in its Flax variable's layout (TensorFlow's
+    kernels are HWIO and (in, out) already)."""
+    value = np.asarray(value, np.float32)
+    if target.path[-2:] == ("fc", "kernel") and value.ndim == 4 and value.shape[:2] == (1, 1):
+        value = value[0, 0]  # postprocess_ckpt.py's 1x1-convolution classifier
+    return value
 
 
 def _others(tensors, names, scope: str) -> tuple[list[str], dict]:
@@ -297,7 +266,7 @@ def load_tf_checkpoint(path: str):
             f"checkpoint's prefix (PREFIX of PREFIX.index and PREFIX.data-00000-of-00001) or "
             f"its folder")
     try:
-        import tensorflow as tf
+        import tensorflow as tf  # here, not above: only reading a checkpoint needs TensorFlow
     except ImportError as error:
         raise ConfigError("reading a TensorFlow checkpoint needs TensorFlow: pip install "
                           "tensorflow-cpu") from error

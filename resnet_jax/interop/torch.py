@@ -1,6 +1,8 @@
-"""PyTorch weights to resnet_jax: `torch_to_flax(arch, state_dict)`, `load_torch_state_dict`.
+"""PyTorch weights in and out: `torch_to_flax(arch, state_dict)`, `load_torch_state_dict`,
+`flax_to_torch(arch, variables, naming=...)`.
 
-The command line is `python -m resnet_jax.convert` (resnet_jax/convert.py).
+The command lines are `python -m resnet_jax.convert` (resnet_jax/convert.py) and
+`python -m resnet_jax.export --format torch` (resnet_jax/export.py).
 
 Three naming schemes are read, and told apart by their keys:
 
@@ -17,17 +19,19 @@ convert to arch se_resnext101_32x4d. timm's (and the SE paper's) have
 channels/16: arch seresnext101_32x4d. Each is converted exactly, and a
 checkpoint given to the other arch is refused with a line that says which.
 
+The key names are resnet_jax/models/naming.py's; this module converts the tensors.
 Only numpy is needed for `torch_to_flax`; torch is needed to read `.pth` files.
 """
 
 import os
-import re
 
 import jax
 import numpy as np
 
 from resnet_jax import models
 from resnet_jax.errors import ConfigError, ConversionError, describe_mismatch
+from resnet_jax.interop import matching
+from resnet_jax.models import naming as naming_lib
 from resnet_jax.train.state import abstract_variables
 
 # Keys every PyTorch BatchNorm has and that have no Flax counterpart.
@@ -40,50 +44,16 @@ _SE_HINT = ("; SE gates of 16 units are NVIDIA's (--arch se_resnext101_32x4d), o
             "timm's (--arch seresnext101_32x4d)")
 
 
-def naming_scheme(keys) -> str:
-    """'nvidia' or 'torchvision/timm', from the state dict's keys."""
-    keys = list(keys)
-    if any(k.startswith("layers.") or ".squeeze.squeeze." in k for k in keys):
-        return "nvidia"
-    return "torchvision/timm"
-
-
-def _canonical(key: str) -> str:
-    """A torch key in torchvision/timm naming: 'layer1.0.se.fc1.weight'."""
-    if key.startswith("module."):  # DistributedDataParallel
-        key = key[len("module."):]
-    match = re.match(r"layers\.(\d+)\.(.*)", key)
-    if match:
-        key = f"layer{int(match.group(1)) + 1}.{match.group(2)}"
-    return key.replace(".squeeze.squeeze.", ".se.fc1.").replace(".squeeze.expand.", ".se.fc2.")
-
-
-def torch_key(path: tuple[str, ...], collection: str) -> str:
-    """The torchvision/timm key of one Flax variable, e.g. ('layer2_0', 'conv2', 'kernel')."""
-    *modules, leaf = path
-    names = []
-    for module in modules:
-        block = re.fullmatch(r"layer(\d+)_(\d+)", module)
-        if block:
-            names += [f"layer{block.group(1)}", block.group(2)]
-        else:
-            names.append({"downsample_conv": "downsample.0", "downsample_bn": "downsample.1",
-                          "reduce": "fc1", "expand": "fc2"}.get(module, module))
-    if collection == "batch_stats":
-        leaf = {"mean": "running_mean", "var": "running_var"}[leaf]
-    else:
-        leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
-    return ".".join(names + [leaf])
-
-
-def _to_flax_layout(value: np.ndarray, leaf: str, target_ndim: int) -> np.ndarray:
-    if leaf != "kernel":
+def _to_flax_layout(value, target: matching.Target) -> np.ndarray:
+    """A state dict's tensor as numpy float32 in its Flax variable's layout."""
+    value = _as_numpy(value)
+    if target.path[-1] != "kernel":
         return value
     if value.ndim == 4:  # conv OIHW -> HWIO (grouped: O, I/groups, H, W -> H, W, I/groups, O)
         return value.transpose(2, 3, 1, 0)
     if value.ndim == 2:  # linear (out, in) -> (in, out), or as a 1x1 conv for SE gates
         value = value.T
-        return value.reshape(1, 1, *value.shape) if target_ndim == 4 else value
+        return value.reshape(1, 1, *value.shape) if len(target.spec.shape) == 4 else value
     return value
 
 
@@ -102,65 +72,29 @@ def torch_to_flax(arch: str, state_dict, *, num_classes: int | None = None) -> d
     unexpected or of the wrong shape (the first few of each, and how many in all);
     nothing is dropped silently.
     """
-    tensors = {}
+    tensors, originals = {}, {}  # by torchvision/timm key
     for key, value in state_dict.items():
         if not key.endswith(_IGNORED_SUFFIXES):
-            tensors[_canonical(key)] = (key, value)
+            canonical = naming_lib.torchvision_key(key)
+            tensors[canonical], originals[canonical] = value, key
     if num_classes is None:
         if "fc.weight" not in tensors:
             raise ConversionError(
                 f"{arch}: the state dict has no 'fc.weight' (keys start "
                 f"{', '.join(sorted(state_dict)[:3])}, ...): is it a classification model?")
-        num_classes = int(np.shape(tensors["fc.weight"][1])[0])
+        num_classes = int(np.shape(tensors["fc.weight"])[0])
     arch = models.canonical(arch, flag="--arch")
-    abstract = abstract_variables(arch, num_classes)
-
-    missing, wrong_shape, out, se_gates = [], [], {}, False
-    for collection, tree in abstract.items():
-        flat = {}
-        for key_path, spec in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            path = tuple(k.key for k in key_path)
-            name = torch_key(path, collection)
-            if name not in tensors:
-                missing.append(name)
-                continue
-            original, value = tensors.pop(name)
-            value = _to_flax_layout(_as_numpy(value), path[-1], len(spec.shape))
-            if value.shape != spec.shape:
-                wrong_shape.append(f"{original} {tuple(np.shape(value))} -> {path_str(path)} "
-                                   f"needs {tuple(spec.shape)}")
-                se_gates |= "se" in path
-                continue
-            flat[path] = value
-        out[collection] = _unflatten(flat)
-    unexpected = sorted(original for original, _ in tensors.values())
-    if problems := describe_mismatch(missing, unexpected, wrong_shape):
+    targets = matching.targets(abstract_variables(arch, num_classes), naming_lib.torch_key)
+    matched = matching.match(targets, tensors, _to_flax_layout, shown=originals.__getitem__)
+    unexpected = sorted(originals[key] for key in tensors if key not in targets)
+    if problems := describe_mismatch(matched.missing, unexpected, matched.wrong_shape):
+        se_gates = any("se" in path for path in matched.misfits)
         raise ConversionError(
-            f"the state dict ({naming_scheme(state_dict)} naming) does not fit arch {arch} "
-            f"with {num_classes} classes: " + problems
+            f"the state dict ({naming_lib.naming_scheme(state_dict)} naming) does not fit arch "
+            f"{arch} with {num_classes} classes: " + problems
             + ". Check --arch (one of " + ", ".join(models.names()) + ")"
             + (_SE_HINT if se_gates else ""))
-    return out
-
-
-NAMINGS = ("nvidia", "nvidia_ngc", "nvidia_trt", "torchvision", "timm")
-
-
-def _named(key: str, naming: str) -> str:
-    """A torchvision/timm key ('layer1.0.se.fc1.weight') in another naming scheme."""
-    if naming in ("nvidia", "nvidia_trt"):
-        key = re.sub(r"^layer(\d+)\.", lambda m: f"layers.{int(m.group(1)) - 1}.", key)
-    if naming.startswith("nvidia"):
-        key = key.replace(".se.fc1.", ".squeeze.squeeze.").replace(".se.fc2.", ".squeeze.expand.")
-    return key
-
-
-def native_naming(arch: str) -> str:
-    """The naming that holds `arch` as its family publishes it: NVIDIA's for 16-unit SE
-    gates, timm's for channels/16 ones, torchvision's for the networks without SE."""
-    spec = models.SPECS[models.canonical(arch)]
-    return "nvidia" if spec.get("se_hidden") else "timm" if spec.get("se_reduction") else (
-        "torchvision")
+    return matched.variables
 
 
 def flax_to_torch(arch: str, variables: dict, *, naming: str = "nvidia") -> dict:
@@ -175,8 +109,9 @@ def flax_to_torch(arch: str, variables: dict, *, naming: str = "nvidia") -> dict
     in the NVIDIA namings, timm's in 'timm').
     """
     arch = models.canonical(arch, flag="--arch")
-    if naming not in NAMINGS:
-        raise ConfigError(f"naming {naming!r} is not supported: use one of {', '.join(NAMINGS)}")
+    if naming not in naming_lib.TORCH_NAMINGS:
+        raise ConfigError(f"naming {naming!r} is not supported: use one of "
+                          f"{', '.join(naming_lib.TORCH_NAMINGS)}")
     spec = models.SPECS[arch]
     if spec.get("se_hidden") and not naming.startswith("nvidia"):
         raise ConfigError(f"{arch} has NVIDIA's 16-unit SE gates: export it with --naming "
@@ -195,26 +130,11 @@ def flax_to_torch(arch: str, variables: dict, *, naming: str = "nvidia") -> dict
                     value = value.transpose(3, 2, 0, 1)
                 else:  # dense (in, out) -> (out, in)
                     value = value.T
-            key = _named(torch_key(path, collection), naming)
+            key = naming_lib.in_naming(naming_lib.torch_key(path, collection), naming)
             out[key] = np.ascontiguousarray(value)
             if key.endswith(".running_var"):
                 out[key[:-len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
     return out
-
-
-def path_str(path: tuple[str, ...]) -> str:
-    """'layer1_0/conv1/kernel'."""
-    return "/".join(path)
-
-
-def _unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
 
 
 def load_torch_state_dict(path: str, *, allow_pickle: bool = False) -> dict:
@@ -227,7 +147,7 @@ def load_torch_state_dict(path: str, *, allow_pickle: bool = False) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"--torch-checkpoint {path!r} does not exist: pass a .pth file")
     try:
-        import torch
+        import torch  # here, not above: converting arrays needs no PyTorch, only reading files
     except ImportError as error:
         raise ConfigError("reading a .pth file needs PyTorch: pip install torch "
                           "(the CPU build is enough)") from error

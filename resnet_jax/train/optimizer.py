@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax.models.naming import torch_key
+
 SCHEDULE_UNITS = ("step", "epoch")
 WEIGHT_DECAY_RULES = ("kernels", "not_bn", "all")
 
@@ -68,8 +70,6 @@ def decay_mask(params, rule: str = "kernels"):
     if rule == "kernels":
         return jax.tree_util.tree_map_with_path(
             lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
-    from resnet_jax.interop.torch import torch_key
-
     return jax.tree_util.tree_map_with_path(
         lambda path, _: "bn" not in torch_key(tuple(k.key for k in path), "params"), params)
 
