@@ -17,8 +17,8 @@ from resnet_jax import models
 from resnet_jax.data import BACKENDS, MEAN_RGB, STD_RGB
 from resnet_jax.errors import ConfigError
 from resnet_jax.models.resnet import CONV_INITS, PADDINGS
+from resnet_jax.precision import PRECISIONS
 from resnet_jax.train import optimizer
-from resnet_jax.train.precision import PRECISIONS
 
 MODES = ("train", "eval")
 # The recipe files, beside the package in a checkout.

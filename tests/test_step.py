@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import models, parallel
-from resnet_jax.train import optimizer, precision
+from resnet_jax.train import loss_scale, optimizer
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
 
@@ -96,11 +96,11 @@ def test_keep_if_finite_takes_the_new_tree_only_when_finite():
 def test_loss_scale_doubles_after_growth_interval_finite_steps():
     scale, good = jnp.float32(8.0), jnp.int32(0)
     for expected_scale in (8.0, 8.0, 16.0):
-        scale, good = precision.update_loss_scale(scale, good, jnp.bool_(True),
+        scale, good = loss_scale.update_loss_scale(scale, good, jnp.bool_(True),
                                                   growth_interval=3, enabled=True)
         assert float(scale) == expected_scale
     assert int(good) == 0
-    scale, good = precision.update_loss_scale(scale, good, jnp.bool_(False),
+    scale, good = loss_scale.update_loss_scale(scale, good, jnp.bool_(False),
                                               growth_interval=3, enabled=True)
     assert float(scale) == 8.0
 
@@ -108,14 +108,14 @@ def test_loss_scale_doubles_after_growth_interval_finite_steps():
 def test_loss_scale_growth_stops_at_its_ceiling():
     scale, good = jnp.float32(2.0**23), jnp.int32(0)
     for expected_scale in (2.0**24, 2.0**24, 2.0**24):  # never 2**25, never inf
-        scale, good = precision.update_loss_scale(scale, good, jnp.bool_(True),
+        scale, good = loss_scale.update_loss_scale(scale, good, jnp.bool_(True),
                                                   growth_interval=1, enabled=True)
         assert float(scale) == expected_scale
-    assert precision.MAX_LOSS_SCALE == 2.0**24  # NVIDIA apex's max_loss_scale
-    scale, good = precision.update_loss_scale(jnp.float32(64.0), jnp.int32(0), jnp.bool_(True),
+    assert loss_scale.MAX_LOSS_SCALE == 2.0**24  # NVIDIA apex's max_loss_scale
+    scale, good = loss_scale.update_loss_scale(jnp.float32(64.0), jnp.int32(0), jnp.bool_(True),
                                               growth_interval=1, enabled=True, max_scale=100.0)
     assert float(scale) == 100.0
-    scale, good = precision.update_loss_scale(scale, good, jnp.bool_(False),
+    scale, good = loss_scale.update_loss_scale(scale, good, jnp.bool_(False),
                                               growth_interval=1, enabled=True, max_scale=100.0)
     assert float(scale) == 50.0  # an overflow still halves it
 

@@ -11,8 +11,8 @@ import os
 
 import jax
 
+from resnet_jax import precision
 from resnet_jax.errors import ConfigError
-from resnet_jax.train import precision
 
 
 @dataclasses.dataclass

@@ -9,8 +9,10 @@ names are accepted everywhere an arch is named and stand for the project's.
 
 import jax.numpy as jnp
 
+from resnet_jax import precision
 from resnet_jax.errors import ConfigError
 from resnet_jax.models.resnet import ResNet
+from resnet_jax.parallel import AXIS
 
 _RESNEXT101_32X4D = dict(stage_sizes=(3, 4, 23, 3), stage_widths=(128, 256, 512, 1024),
                          expansion=2, groups=32)
@@ -85,9 +87,6 @@ def build(config, *, train: bool = True) -> ResNet:
     With `model.sync_batch_norm` the BN layers of the training model reduce
     over the mesh axis 'data'; the evaluation model (`train=False`) never does.
     """
-    from resnet_jax.parallel import AXIS
-    from resnet_jax.train import precision
-
     sync = config.model.sync_batch_norm and train
     return create(
         config.arch, num_classes=config.num_classes,

@@ -13,10 +13,10 @@ import functools
 import jax
 import ml_collections
 
-from resnet_jax import checkpoint, models, parallel, reporting
+from resnet_jax import checkpoint, models, parallel, precision, reporting
 from resnet_jax import config as config_lib
 from resnet_jax.data.source import Data, open_data
-from resnet_jax.train import optimizer, precision
+from resnet_jax.train import optimizer
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
 

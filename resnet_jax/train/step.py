@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 import optax
 
 from resnet_jax.parallel import AXIS, batch_sharded, replicated
-from resnet_jax.train import precision
+from resnet_jax.train import loss_scale as loss_scale_lib
 from resnet_jax.train.state import TrainState, update_ema
 
 
@@ -36,6 +36,12 @@ def mixup(rng, images, targets, alpha: float):
     return mixed.astype(images.dtype), lam * targets + (1 - lam) * targets[::-1]
 
 
+def all_finite(tree) -> jax.Array:
+    """True when every element of every array in `tree` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all()
+
+
 def keep_if_finite(finite, new, old):
     """`new` where `finite`, else `old`, leaf by leaf: a step with non-finite gradients (an
     fp16 overflow, or a diverging run) leaves the parameters, BN statistics and optimizer
@@ -46,7 +52,7 @@ def keep_if_finite(finite, new, old):
 def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smoothing: float,
                     mixup_alpha: float, fp16: bool, loss_scale_growth_interval: int, seed: int,
                     accumulation_steps: int = 1, ema_decay: float = 0.0,
-                    loss_scale_max: float = precision.MAX_LOSS_SCALE):
+                    loss_scale_max: float = loss_scale_lib.MAX_LOSS_SCALE):
     """Returns `train_step(state, batch) -> (state, metrics)`, jitted, the state donated.
 
     With `accumulation_steps` k > 1 each device splits its part of the batch
@@ -111,7 +117,7 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
     def train_step(state: TrainState, batch):
         grads, batch_stats, metrics = sharded_grads(state, batch["images"], batch["labels"])
         grads = jax.tree.map(lambda g: g / state.loss_scale, grads)
-        finite = precision.all_finite(grads)
+        finite = all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # A non-finite step changes nothing but the loss scale: the loop counts such steps
@@ -119,7 +125,7 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
         params, opt_state, batch_stats = keep_if_finite(
             finite, (params, opt_state, batch_stats),
             (state.params, state.opt_state, state.batch_stats))
-        loss_scale, good_steps = precision.update_loss_scale(
+        loss_scale, good_steps = loss_scale_lib.update_loss_scale(
             state.loss_scale, state.good_steps, finite,
             growth_interval=loss_scale_growth_interval, enabled=fp16, max_scale=loss_scale_max,
         )
