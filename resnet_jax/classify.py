@@ -11,7 +11,6 @@ folders or converted from PyTorch.
 
 import argparse
 import os
-import re
 import sys
 
 import jax
@@ -19,23 +18,10 @@ import numpy as np
 
 from resnet_jax import checkpoint, models, quiet
 from resnet_jax.data import MEAN_RGB, STD_RGB
-from resnet_jax.data.folders import imagenet_class_names
+from resnet_jax.data.folders import display_names
 from resnet_jax.errors import ConfigError
 from resnet_jax.train import precision as precision_lib
 from resnet_jax.train.state import abstract_variables
-
-
-def display_names(meta: dict) -> list[str]:
-    """Readable class names for a checkpoint's labels."""
-    names = list(meta.get("class_names") or [])
-    num_classes = meta["num_classes"]
-    imagenet = num_classes == 1000 and (
-        not names or all(re.fullmatch(r"n\d{8}", n) for n in names))
-    if imagenet:
-        readable = imagenet_class_names()
-        return [f"{r} ({w})" for r, w in zip(readable, names, strict=True)] if names else readable
-    # Models with more outputs than class folders: the extra outputs have no name.
-    return names + [f"class {i}" for i in range(len(names), num_classes)]
 
 
 def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
@@ -56,6 +42,7 @@ def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
     variables = saved.restore_model(abstract_variables(meta["arch"], meta["num_classes"]),
                                     device, ema=ema)
 
+    # Here, not above: DALI loads only once the checkpoint and the images are found.
     from resnet_jax.data import dali
 
     try:

@@ -27,11 +27,11 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoint, quiet
-from resnet_jax.classify import display_names
+from resnet_jax.data.folders import display_names
 from resnet_jax.errors import ConfigError
 from resnet_jax.interop import onnx as onnx_interop
 from resnet_jax.interop import torch as torch_interop
-from resnet_jax.models import naming
+from resnet_jax.models.naming import TORCH_NAMINGS
 from resnet_jax.train.state import abstract_variables
 
 FORMATS = ("torch", "onnx", "triton")
@@ -68,7 +68,7 @@ def export_torch(checkpoint_path: str, output: str, *, naming: str = "nvidia",
     variables = restore(saved, ema=ema)
     state_dict = torch_interop.flax_to_torch(arch, variables, naming=naming)
     try:
-        import torch
+        import torch  # here, not above: only --format torch needs PyTorch
     except ImportError as error:
         raise ConfigError("writing a .pth file needs PyTorch: pip install torch "
                           "(the CPU build is enough)") from error
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ema", action="store_true",
                         help="the moving average of the weights (trained with "
                              "--config.ema_decay) instead of the weights")
-    parser.add_argument("--naming", choices=naming.TORCH_NAMINGS,
+    parser.add_argument("--naming", choices=TORCH_NAMINGS,
                         help="torch: the state dict's key names (default: NVIDIA ConvNets')")
     parser.add_argument("--precision", choices=onnx_interop.PRECISIONS,
                         help="onnx, triton: the graph's weights and computation (default: fp32; "

@@ -183,7 +183,7 @@ def test_files_with_python_objects_need_allow_pickle(tmp_path, capsys):
 
 
 def test_class_names_for_display():
-    from resnet_jax.classify import display_names
+    from resnet_jax.data.folders import display_names
 
     wnids = [f"n{i:08d}" for i in range(1000)]
     names = display_names({"num_classes": 1000, "class_names": wnids})

@@ -3,6 +3,7 @@
 from concurrent import futures
 import dataclasses
 import os
+import re
 
 from absl import logging
 import numpy as np
@@ -249,3 +250,17 @@ def imagenet_class_names() -> list[str]:
     path = os.path.join(os.path.dirname(__file__), "imagenet_classes.txt")
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
+
+
+def display_names(meta: dict) -> list[str]:
+    """Readable class names for a checkpoint's labels (its metadata's `class_names` and
+    `num_classes`): ImageNet's names for WordNet-id folders, 'class N' for unnamed outputs."""
+    names = list(meta.get("class_names") or [])
+    num_classes = meta["num_classes"]
+    imagenet = num_classes == 1000 and (
+        not names or all(re.fullmatch(r"n\d{8}", n) for n in names))
+    if imagenet:
+        readable = imagenet_class_names()
+        return [f"{r} ({w})" for r, w in zip(readable, names, strict=True)] if names else readable
+    # Models with more outputs than class folders: the extra outputs have no name.
+    return names + [f"class {i}" for i in range(len(names), num_classes)]

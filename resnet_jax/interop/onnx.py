@@ -40,6 +40,9 @@ from resnet_jax.interop import torch as torch_interop
 from resnet_jax.models import naming
 from resnet_jax.models.resnet import PADDINGS
 
+# torch, onnx, onnxruntime and torch_reference (which imports torch) are imported inside the
+# functions that use them, so that importing this module loads none of them.
+
 EXPORTERS = ("torchscript", "dynamo")
 OPSETS = {"torchscript": 17, "dynamo": 18}
 PRECISIONS = ("fp32", "fp16")
