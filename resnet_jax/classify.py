@@ -17,10 +17,10 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoint, models, quiet
+from resnet_jax import precision as precision_lib
 from resnet_jax.data import MEAN_RGB, STD_RGB
 from resnet_jax.data.folders import display_names
 from resnet_jax.errors import ConfigError
-from resnet_jax.train import precision as precision_lib
 from resnet_jax.train.state import abstract_variables
 
 
