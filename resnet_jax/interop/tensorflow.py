@@ -5,9 +5,10 @@ The command line is `python -m resnet_jax.convert --tf-checkpoint PREFIX`
 (DeepLearningExamples, TensorFlow/Classification/ConvNets; before 20.06
 TensorFlow/Classification/RN50v1.5), not from its documentation.
 
-Names. Every variable sits under the model's scope, the `--arch` of NVIDIA's
-main.py: `resnet50/` (20.06 on, the NGC checkpoint rn50_tf_amp_ckpt 20.06.0)
-or `resnet50_v1.5/` (the 2019 releases). Each convolution with its BN is a
+Names (mapped in resnet_jax.models.naming.tf_name). Every variable sits under
+the model's scope, the `--arch` of NVIDIA's main.py: `resnet50/` (20.06 on,
+the NGC checkpoint rn50_tf_amp_ckpt 20.06.0) or `resnet50_v1.5/` (the 2019
+releases). Each convolution with its BN is a
 `conv2d_block` (model/blocks/conv2d_block.py): a `tf.layers.conv2d` named
 `conv2d` (kernel HWIO, as Flax's) and a `tf.contrib.layers.batch_norm` with
 its default scope `BatchNorm` (gamma, beta, moving_mean, moving_variance):
