@@ -10,20 +10,17 @@ Evaluation and fine-tuning read `model` and `meta` only. Orbax writes each
 step to a temporary folder and renames it when complete, so an interrupted
 save is never taken for the latest checkpoint.
 
-The resume policy is here too: which saved state a run continues from, and
-how a checkpoint must fit the config (`resume`, `init_from`).
+`check_compatible` says whether a checkpoint fits a config; which saved state a
+run continues from (resume, fine-tuning) is the trainer's policy
+(resnet_jax/train/setup.py).
 """
 
 import os
 
 import jax
-import numpy as np
-import optax
 import orbax.checkpoint as ocp
 
-from resnet_jax import reporting
 from resnet_jax.errors import ConfigError
-from resnet_jax.train.state import TrainState, abstract_variables, ema_start
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -65,7 +62,7 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
-    def save(self, state: TrainState, meta: dict) -> None:
+    def save(self, state, meta: dict) -> None:
         """Starts writing `state` at its step; returns before the write finishes."""
         step = int(jax.device_get(state.step))
         # The weights' moving average, when kept, is a model of its own: item 'ema'.
@@ -84,12 +81,10 @@ class Checkpointer:
         """The metadata of the latest checkpoint (read before restoring, to check it fits)."""
         return _restore_meta(self._manager, self._manager.latest_step())
 
-    def restore(self, state: TrainState, sharding) -> TrainState:
-        """The latest checkpoint, shaped like `state` and placed with `sharding`.
-
-        A `state` with an EMA takes the checkpoint's, or, from a checkpoint
-        written without one, starts it from the restored weights (logged).
-        """
+    def restore(self, state, sharding):
+        """The latest checkpoint, shaped like `state` (a train.state.TrainState) and placed
+        with `sharding`. A `state` with an EMA takes the checkpoint's when it has one; from a
+        checkpoint written without one, the restored state's `ema` is None."""
         step = self._manager.latest_step()
         abstract = _with_sharding(jax.eval_shape(lambda s: s, state), sharding)
         with_ema = state.ema is not None and _has_item(self._manager, step, "ema")
@@ -103,12 +98,8 @@ class Checkpointer:
             **({"ema": ocp.args.StandardRestore(abstract.ema)} if with_ema else {}),
         ))
         model, train = restored["model"], restored["train"]
-        ema = restored["ema"] if with_ema else None
-        if state.ema is not None and ema is None:
-            reporting.log(f"checkpoint {step} has no EMA of the weights: it starts from them now")
-            ema = ema_start(model["params"], model["batch_stats"])
-        return state.replace(params=model["params"], batch_stats=model["batch_stats"], ema=ema,
-                             **train)
+        return state.replace(params=model["params"], batch_stats=model["batch_stats"],
+                             ema=restored["ema"] if with_ema else None, **train)
 
     def delete_after(self, step: int) -> None:
         """Deletes the checkpoints of steps after `step` (numbered in another batch size)."""
@@ -213,58 +204,3 @@ def check_compatible(saved: dict, config, where: str,
         raise ConfigError(
             f"{where} holds a model with padding={padding!r} but the config has "
             f"model.padding={config.model.padding!r}: set --config.model.padding={padding}")
-
-
-def resume(ckpt: Checkpointer, state: TrainState, config, train_batch: int,
-           sharding) -> TrainState:
-    """The run's latest checkpoint in place of the fresh `state`, when there is one.
-
-    A run resumed with another global batch (other batch size or device count)
-    goes on from the same number of images seen, and so the same epoch and
-    learning-rate position: the step is renumbered, the checkpoint saved again
-    under the new number, and the old-numbered ones that later saves would
-    collide with are dropped.
-    """
-    saved_step = ckpt.latest_step()
-    if saved_step is None:
-        return state
-    saved = ckpt.latest_meta()
-    check_compatible(saved, config, f"the checkpoint in {ckpt.directory!r}")
-    state = ckpt.restore(state, sharding)
-    images = saved.get("images_seen")
-    if images is None or images == saved_step * train_batch:
-        return state
-    new_step = images // train_batch
-    reporting.log(f"the global batch is now {train_batch} (was {images // max(saved_step, 1)}): "
-                  f"step {saved_step} becomes step {new_step}, after the same {images} images")
-    # Two arrays, not one: the train step donates every leaf of the state.
-    count = lambda: jax.device_put(np.asarray(new_step, state.step.dtype), sharding)  # noqa: E731
-    opt_state = optax.tree_utils.tree_set(state.opt_state, count=count())
-    state = state.replace(step=count(), opt_state=opt_state)
-    ckpt.save(state, saved)
-    ckpt.wait()
-    ckpt.delete_after(new_step)
-    return state
-
-
-def init_from(config, state: TrainState, sharding) -> TrainState:
-    """Fine-tuning: params and BN statistics from config.init_checkpoint, a fresh optimizer.
-
-    The classifier (fc) is kept only when num_classes matches; otherwise the
-    freshly initialised one is used.
-    """
-    saved = Saved(config.init_checkpoint)
-    # Another num_classes is fine: the classifier is replaced below.
-    check_compatible(saved.meta, config, f"init_checkpoint {config.init_checkpoint!r}",
-                     keys=("arch",))
-    num_classes = saved.meta["num_classes"]
-    variables = saved.restore_model(abstract_variables(config.arch, num_classes), sharding)
-    params = variables["params"]
-    kept = "all layers"
-    if num_classes != config.num_classes:
-        params = {**params, "fc": state.params["fc"]}
-        kept = f"all but fc (new fc for {config.num_classes} classes, was {num_classes})"
-    reporting.log(f"initialised from {saved.directory}/{saved.step}: {kept}")
-    # The moving average starts from the weights training starts from.
-    ema = None if state.ema is None else ema_start(params, variables["batch_stats"])
-    return state.replace(params=params, batch_stats=variables["batch_stats"], ema=ema)

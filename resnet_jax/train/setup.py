@@ -1,4 +1,5 @@
-"""Everything a training run needs, built once: `setup_train_loop(config, workdir)`.
+"""Everything a training run needs, built once: `setup_train_loop(config, workdir)`; and
+which saved state a run continues from (`resume`, `init_from`).
 
 It builds the data, model, optimizer, train and eval steps and the state,
 resumed from the workdir's latest checkpoint or started from
@@ -12,6 +13,8 @@ import functools
 
 import jax
 import ml_collections
+import numpy as np
+import optax
 
 from resnet_jax import checkpoint, models, parallel, precision, reporting
 from resnet_jax import config as config_lib
@@ -108,12 +111,12 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
     if workdir is not None:
         ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
         if ckpt.latest_step() is not None:
-            state = checkpoint.resume(ckpt, state, config, train_batch, replicated)
+            state = resume(ckpt, state, config, train_batch, replicated)
             step = int(jax.device_get(state.step))
             reporting.log(f"resumed from {ckpt.directory} at step {step} "
                           f"(epoch {step / steps_per_epoch:.2f})")
         elif config.init_checkpoint:
-            state = checkpoint.init_from(config, state, replicated)
+            state = init_from(config, state, replicated)
     meta = {"arch": config.arch, "num_classes": config.num_classes,
             "class_names": data.class_names, "image_size": config.image_size,
             "eval_resize_size": config.eval_resize_size,
@@ -126,3 +129,68 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
                     accumulation=accumulation, peak_learning_rate=peak_lr,
                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, ckpt=ckpt,
                     meta=meta)
+
+
+# --- the resume and fine-tuning policy ----------------------------------------------------
+
+
+def resume(ckpt: checkpoint.Checkpointer, state: state_lib.TrainState, config,
+           train_batch: int, sharding) -> state_lib.TrainState:
+    """The run's latest checkpoint in place of the fresh `state`, when there is one.
+
+    A run resumed with another global batch (other batch size or device count)
+    goes on from the same number of images seen, and so the same epoch and
+    learning-rate position: the step is renumbered, the checkpoint saved again
+    under the new number, and the old-numbered ones that later saves would
+    collide with are dropped.
+    """
+    saved_step = ckpt.latest_step()
+    if saved_step is None:
+        return state
+    saved = ckpt.latest_meta()
+    checkpoint.check_compatible(saved, config, f"the checkpoint in {ckpt.directory!r}")
+    wants_ema = state.ema is not None
+    state = ckpt.restore(state, sharding)
+    if wants_ema and state.ema is None:
+        reporting.log(f"checkpoint {saved_step} has no EMA of the weights: it starts from "
+                      "them now")
+        state = state.replace(ema=state_lib.ema_start(state.params, state.batch_stats))
+    images = saved.get("images_seen")
+    if images is None or images == saved_step * train_batch:
+        return state
+    new_step = images // train_batch
+    reporting.log(f"the global batch is now {train_batch} (was {images // max(saved_step, 1)}): "
+                  f"step {saved_step} becomes step {new_step}, after the same {images} images")
+    def count():  # a new array each call: the train step donates every leaf of the state
+        return jax.device_put(np.asarray(new_step, state.step.dtype), sharding)
+
+    opt_state = optax.tree_utils.tree_set(state.opt_state, count=count())
+    state = state.replace(step=count(), opt_state=opt_state)
+    ckpt.save(state, saved)
+    ckpt.wait()
+    ckpt.delete_after(new_step)
+    return state
+
+
+def init_from(config, state: state_lib.TrainState, sharding) -> state_lib.TrainState:
+    """Fine-tuning: params and BN statistics from config.init_checkpoint, a fresh optimizer.
+
+    The classifier (fc) is kept only when num_classes matches; otherwise the
+    freshly initialised one is used.
+    """
+    saved = checkpoint.Saved(config.init_checkpoint)
+    # Another num_classes is fine: the classifier is replaced below.
+    checkpoint.check_compatible(saved.meta, config, f"init_checkpoint {config.init_checkpoint!r}",
+                     keys=("arch",))
+    num_classes = saved.meta["num_classes"]
+    variables = saved.restore_model(state_lib.abstract_variables(config.arch, num_classes),
+                                    sharding)
+    params = variables["params"]
+    kept = "all layers"
+    if num_classes != config.num_classes:
+        params = {**params, "fc": state.params["fc"]}
+        kept = f"all but fc (new fc for {config.num_classes} classes, was {num_classes})"
+    reporting.log(f"initialised from {saved.directory}/{saved.step}: {kept}")
+    # The moving average starts from the weights training starts from.
+    ema = None if state.ema is None else state_lib.ema_start(params, variables["batch_stats"])
+    return state.replace(params=params, batch_stats=variables["batch_stats"], ema=ema)
