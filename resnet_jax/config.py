@@ -272,14 +272,3 @@ def eval_global_batch_size(config: ml_collections.ConfigDict, num_devices: int) 
 def learning_rate(config: ml_collections.ConfigDict, batch: int) -> float:
     """Peak learning rate: base_learning_rate is for 256 images, scaled linearly."""
     return config.base_learning_rate * batch / 256
-
-
-def steps_per_epoch(num_images: int, batch: int) -> int:
-    """Full batches per epoch (the remainder is dropped, as NVIDIA's loaders do)."""
-    steps = num_images // batch
-    if steps == 0:
-        raise ConfigError(
-            f"the training set has {num_images} images, fewer than one global batch of {batch}: "
-            "lower --config.per_device_batch_size or set --config.global_batch_size"
-        )
-    return steps

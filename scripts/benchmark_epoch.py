@@ -36,7 +36,7 @@ import numpy as np
 
 from resnet_jax import config as config_lib
 from resnet_jax import parallel, quiet
-from resnet_jax.data import dali, demo
+from resnet_jax.data import dali, demo, steps_per_epoch
 from resnet_jax.data.folders import Split, scan_split
 from resnet_jax.data.source import num_threads
 
@@ -104,7 +104,7 @@ def main() -> None:
             os.path.join(tmp, "data"), num_classes=4, train_per_class=16, val_per_class=1,
             image_size=max(96, args.image_size), seed=0)
         split = _split(root, args.paths)
-        per_epoch = config_lib.steps_per_epoch(len(split), args.batch_size)
+        per_epoch = steps_per_epoch(len(split), args.batch_size)
         build, first = _start(split, args, mesh, backend, threads, 0)
         rows = [{"what": "start (step 0)", "build_s": build, "first_batch_s": first}]
         # From a few batches before the end of epoch 0 into epoch args.epochs - 1.

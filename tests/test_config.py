@@ -7,6 +7,7 @@ import ml_collections
 import pytest
 
 from resnet_jax import config as config_lib
+from resnet_jax import data as data_lib
 from resnet_jax.errors import ConfigError
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
@@ -140,9 +141,9 @@ def test_missing_or_unset_data_root_names_it(tmp_path):
 
 
 def test_training_set_smaller_than_a_batch_is_an_error():
-    assert config_lib.steps_per_epoch(1000, 256) == 3
+    assert data_lib.steps_per_epoch(1000, 256) == 3
     with pytest.raises(ConfigError, match="200 images, fewer than one global batch of 256"):
-        config_lib.steps_per_epoch(200, 256)
+        data_lib.steps_per_epoch(200, 256)
 
 
 @pytest.mark.parametrize("alias, arch", [("resnet50", "resnet50_v15"),

@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 
 from resnet_jax import config as config_lib
+from resnet_jax import data as data_lib
 from resnet_jax.data import dali, demo, source
 from resnet_jax.data.folders import Split, check_num_classes, scan_split
 from resnet_jax.errors import ConfigError
@@ -121,7 +122,7 @@ def test_train_iterator_8_devices(root, dtype):
     split = scan_split(root, "train")
     mesh = mesh_of(8)
     stream = train(split, mesh, dtype=dtype)
-    steps = config_lib.steps_per_epoch(len(split), 8)
+    steps = data_lib.steps_per_epoch(len(split), 8)
     assert steps == 2
     for _ in range(3 * steps + 1):  # past several epochs
         batch = next(stream)
@@ -172,7 +173,7 @@ def test_train_pipelines_are_built_once_and_each_epoch_is_a_new_order(root, monk
     built = []
     define = dali._train_pipeline
     monkeypatch.setattr(dali, "_train_pipeline", lambda *a, **k: built.append(1) or define(*a, **k))
-    steps = config_lib.steps_per_epoch(len(split), 8)
+    steps = data_lib.steps_per_epoch(len(split), 8)
     stream = train(split, mesh_of(8))
     epochs = [np.concatenate([np.asarray(next(stream)["labels"]) for _ in range(steps)])
               for _ in range(3)]
@@ -491,7 +492,7 @@ def test_grayscale_and_cmyk_decode_to_rgb(root):
         assert np.abs(pixels[i] - expected).mean() < 3, (split.files[i], modes[split.files[i]])
     # And a training pass over every image, all of them through the random-crop decoder.
     stream = train(split, mesh_of(8))
-    for _ in range(3 * config_lib.steps_per_epoch(len(split), 8)):
+    for _ in range(3 * data_lib.steps_per_epoch(len(split), 8)):
         assert next(stream)["images"].shape == (8, 32, 32, 3)
 
 

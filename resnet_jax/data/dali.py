@@ -28,9 +28,8 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
-from resnet_jax import config as config_lib
 from resnet_jax.data import BACKENDS as ALL_BACKENDS
-from resnet_jax.data import MEAN_RGB, STD_RGB
+from resnet_jax.data import MEAN_RGB, STD_RGB, steps_per_epoch
 from resnet_jax.data.folders import Split
 from resnet_jax.errors import ConfigError
 from resnet_jax.parallel import AXIS, batch_sharded
@@ -173,7 +172,7 @@ class TrainOrder:
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.attempts = attempts
-        self.steps_per_epoch = config_lib.steps_per_epoch(len(split), global_batch_size)
+        self.steps_per_epoch = steps_per_epoch(len(split), global_batch_size)
         self._permutation = (None, None)
         self._names = FileNames(split.files)
         self._labels = np.asarray(split.labels, np.int32)
@@ -394,7 +393,7 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
     MXNet pipeline; its PyTorch one turns it off), random horizontal flip,
     normalization by `normalize` ((mean, std) per RGB channel, 0..255 scale):
     NVIDIA's DALI ResNet50 recipe. An
-    epoch is `config.steps_per_epoch(len(split), global_batch_size)` batches,
+    epoch is `data.steps_per_epoch(len(split), global_batch_size)` batches,
     each epoch a new order of the images. What batch g holds depends on
     (seed, g) alone (see TrainOrder), so a run resumed at batch g (`start=g`)
     sees what an uninterrupted run sees, without decoding the batches before.

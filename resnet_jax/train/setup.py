@@ -18,6 +18,7 @@ import optax
 
 from resnet_jax import checkpoint, models, parallel, precision, reporting
 from resnet_jax import config as config_lib
+from resnet_jax import data as data_lib
 from resnet_jax.data.source import Data, open_data
 from resnet_jax.train import optimizer
 from resnet_jax.train import state as state_lib
@@ -76,7 +77,7 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
     # --- input pipeline --------------------------------------------------------------------
     data = open_data(config, mesh, train_batch=train_batch, eval_batch=eval_batch,
                      with_eval=with_eval)
-    steps_per_epoch = config_lib.steps_per_epoch(data.num_train_images, train_batch)
+    steps_per_epoch = data_lib.steps_per_epoch(data.num_train_images, train_batch)
     total_steps = steps_per_epoch * config.num_epochs
     parallel.log_devices()  # after the input checks: bad input prints its error alone
 
