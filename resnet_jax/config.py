@@ -18,9 +18,12 @@ from resnet_jax.data import BACKENDS, MEAN_RGB, STD_RGB
 from resnet_jax.errors import ConfigError
 from resnet_jax.models.resnet import CONV_INITS, PADDINGS
 from resnet_jax.precision import PRECISIONS
-from resnet_jax.train import optimizer
 
 MODES = ("train", "eval")
+# The optimizer's choices (resnet_jax/train/optimizer.py): when the warmup + cosine schedule
+# changes, and which parameters are decayed.
+SCHEDULE_UNITS = ("step", "epoch")
+WEIGHT_DECAY_RULES = ("kernels", "not_bn", "all")
 # The recipe files, beside the package in a checkout.
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -167,8 +170,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice("precision", config.precision, PRECISIONS)
     _choice("data.backend", config.data.backend, BACKENDS)
     _choice("mode", config.mode, MODES)
-    _choice("lr_schedule_unit", config.lr_schedule_unit, optimizer.SCHEDULE_UNITS)
-    _choice("weight_decay_rule", config.weight_decay_rule, optimizer.WEIGHT_DECAY_RULES)
+    _choice("lr_schedule_unit", config.lr_schedule_unit, SCHEDULE_UNITS)
+    _choice("weight_decay_rule", config.weight_decay_rule, WEIGHT_DECAY_RULES)
     _choice("model.conv_init", config.model.conv_init, CONV_INITS)
     _choice("model.padding", config.model.padding, PADDINGS)
     for name in ("mean_rgb", "std_rgb"):

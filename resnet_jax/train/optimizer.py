@@ -5,10 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax.config import SCHEDULE_UNITS, WEIGHT_DECAY_RULES
 from resnet_jax.models.naming import torch_key
-
-SCHEDULE_UNITS = ("step", "epoch")
-WEIGHT_DECAY_RULES = ("kernels", "not_bn", "all")
 
 
 def warmup_cosine(peak: float, warmup_steps: int, total_steps: int):
