@@ -19,6 +19,8 @@ RESNET_JAX_VERBOSE=1 in the environment (or `--library_logs` of
 import logging
 import os
 
+from absl import logging as absl_logging
+
 VERBOSE_ENV = "RESNET_JAX_VERBOSE"
 _NATIVE_ENV = "TF_CPP_MIN_LOG_LEVEL"
 _NATIVE_QUIET = 2  # 0 INFO, 1 WARNING, 2 ERROR: TensorFlow's and XLA's C++ logs
@@ -84,8 +86,6 @@ def keep_own_lines() -> None:
     """For a command: other libraries' INFO lines and known notes are dropped, unless verbose."""
     if verbose():
         return
-    from absl import logging as absl_logging
-
     # The handler sees every record once absl's app runs; the logger, absl.logging's own
     # records (Orbax's among them) in commands that parse their flags with argparse.
     for where in (absl_logging.get_absl_handler(), logging.getLogger("absl")):

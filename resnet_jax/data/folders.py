@@ -6,7 +6,9 @@ import os
 import re
 
 from absl import logging
+import jax
 import numpy as np
+from PIL import Image
 
 from resnet_jax.errors import ConfigError
 
@@ -64,8 +66,6 @@ def _decodes(path: str) -> bool:
     PIL and DALI agree on JPEGs: both accept bytes after the end-of-image
     marker and refuse a file cut before it.
     """
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             image.draft("RGB", (1, 1))  # decode at 1/8 scale: still reads every byte
@@ -138,8 +138,6 @@ def check_images(files: list[str], *, num_threads: int = 32) -> list[tuple[str, 
 
 
 def _log_skipped(bad: list[tuple[str, str]], split_dir: str) -> None:
-    import jax
-
     if jax.process_index() == 0:
         path, problem = bad[0]
         logging.warning("skipped %d unreadable image%s in %s: first %s: %s", len(bad),

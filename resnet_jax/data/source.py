@@ -12,6 +12,7 @@ import os
 import jax
 
 from resnet_jax import precision
+from resnet_jax.data import folders, synthetic
 from resnet_jax.errors import ConfigError
 
 
@@ -48,8 +49,6 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
     """
     image_dtype = precision.image_dtype(config.precision)
     if config.data.backend == "synthetic":
-        from resnet_jax.data import synthetic
-
         return Data(
             num_train_images=config.data.synthetic_train_images,
             class_names=[],
@@ -64,7 +63,9 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
             f"data.backend 'dali_gpu' needs GPUs, but JAX sees {jax.devices()[0].platform} "
             "devices: use --config.data.backend=dali_cpu (or install jax[cuda12])"
         )
-    from resnet_jax.data import dali, folders
+    # Here, not above: DALI loads only for its back-ends, so that synthetic data runs on a
+    # machine without DALI (ready-made GPU containers).
+    from resnet_jax.data import dali
 
     pipelines = jax.local_device_count() if config.data.backend == "dali_gpu" else 1
     threads = num_threads(config, pipelines)
