@@ -6,7 +6,8 @@
 # A finished WORKDIR is not trained again (the run resumes at its end); delete it to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/setup.sh
+# The demo needs resnet_jax alone, not the test tools (PyTorch, ONNX: several GB).
+EXTRAS=${EXTRAS-} . scripts/setup.sh
 set -euo pipefail
 DATA=${DATA:-demo_data}
 WORKDIR=${WORKDIR:-runs/demo}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs resnet_jax with its test tools into it.
 # Source it (`. scripts/setup.sh`) to stay in the environment. On a GPU machine,
-# EXTRAS=cuda12,test installs jax[cuda12] as well. PYTHON=python3.12 picks the interpreter.
+# EXTRAS=cuda12,test installs jax[cuda12] as well; EXTRAS= (empty) installs resnet_jax alone,
+# as scripts/demo.sh does. PYTHON=python3.12 picks the interpreter.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
@@ -25,9 +26,10 @@ python -m pip install --quiet --upgrade pip
 # With jax[cuda12], PyTorch (the tests' and the benchmark's reference) comes from PyTorch's
 # CUDA 12 index, before the extras: PyPI's Linux wheels are CUDA 13 builds, which a CUDA 12
 # driver cannot run. TORCH_INDEX picks another index.
-if [[ ",${EXTRAS:-test}," == *",cuda12,"* ]] && ! python -c 'import torch' 2>/dev/null; then
+EXTRAS=${EXTRAS-test}
+if [[ ",$EXTRAS," == *",cuda12,"* ]] && ! python -c 'import torch' 2>/dev/null; then
     python -m pip install --quiet torch \
         --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cu126}"
 fi
-python -m pip install --quiet -e ".[${EXTRAS:-test}]"
+python -m pip install --quiet -e ".${EXTRAS:+[$EXTRAS]}"
 set +euo pipefail
