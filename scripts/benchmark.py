@@ -82,13 +82,13 @@ import jax
 import numpy as np
 
 from resnet_jax import config as config_lib
-from resnet_jax import models, parallel, quiet
+from resnet_jax import models, parallel, precision, quiet
 from resnet_jax.bench.hardware import mfu, model_flops_per_image, peak_flops
 from resnet_jax.data.source import num_threads
 from resnet_jax.errors import ConfigError
 from resnet_jax.interop import onnx as onnx_interop
 from resnet_jax.models import flops, naming
-from resnet_jax.train import precision, setup
+from resnet_jax.train import setup
 
 MODES = ("train", "infer")
 DATA = ("synthetic", "dali")
