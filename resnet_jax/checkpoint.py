@@ -20,12 +20,27 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from resnet_jax import models
 from resnet_jax.errors import ConfigError
 
 
 def checkpoint_dir(workdir: str) -> str:
     """Where a training run in `workdir` keeps its checkpoints."""
     return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def model_meta(*, arch: str, num_classes: int, class_names: list[str], image_size: int,
+               eval_resize_size: int, eval_image_size: int, eval_antialias: bool,
+               mean_rgb, std_rgb, model_options: dict, precision: str, **more) -> dict:
+    """The `meta` item of every checkpoint, training runs' and converted weights' alike: what
+    the weights are (arch, classes, model options) and what they expect (image sizes, the
+    eval resize, the input normalization); `more` adds the writer's own fields (epoch,
+    images_seen, ema_decay, source)."""
+    return {"arch": arch, "num_classes": int(num_classes), "class_names": list(class_names),
+            "image_size": image_size, "eval_resize_size": eval_resize_size,
+            "eval_image_size": eval_image_size, "eval_antialias": eval_antialias,
+            "mean_rgb": [float(m) for m in mean_rgb], "std_rgb": [float(s) for s in std_rgb],
+            "model_options": dict(model_options), "precision": precision, **more}
 
 
 def _manager(directory: str, *, keep: int | None = None, read_only: bool = False):
@@ -157,6 +172,12 @@ class Saved:
     def has_ema(self) -> bool:
         """Whether the checkpoint also holds the moving average of the weights."""
         return _has_item(self._manager, self.step, "ema")
+
+    def restore_variables(self, sharding, *, ema: bool = False) -> dict:
+        """{'params', 'batch_stats'} of the model the metadata names (arch, num_classes),
+        placed with `sharding`; with `ema`, its moving average's."""
+        abstract = models.abstract_variables(self.meta["arch"], self.meta["num_classes"])
+        return self.restore_model(abstract, sharding, ema=ema)
 
     def restore_model(self, abstract, sharding, *, ema: bool = False) -> dict:
         """{'params', 'batch_stats'} shaped like `abstract`, placed with `sharding`; with

@@ -20,8 +20,7 @@ from resnet_jax import checkpoint, models, quiet
 from resnet_jax import precision as precision_lib
 from resnet_jax.data import MEAN_RGB, STD_RGB
 from resnet_jax.data.folders import display_names
-from resnet_jax.errors import ConfigError
-from resnet_jax.train.state import abstract_variables
+from resnet_jax.errors import ConfigError, exit_code
 
 
 def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
@@ -39,8 +38,7 @@ def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
     model = models.from_meta(meta, dtype=precision_lib.compute_dtype(precision))
     size = meta["eval_image_size"]
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    variables = saved.restore_model(abstract_variables(meta["arch"], meta["num_classes"]),
-                                    device, ema=ema)
+    variables = saved.restore_variables(device, ema=ema)
 
     # Here, not above: DALI loads only once the checkpoint and the images are found.
     from resnet_jax.data import dali
@@ -76,17 +74,16 @@ def main(argv=None) -> int:
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     args = parser.parse_args(argv)
     quiet.keep_own_lines()
-    try:
-        probabilities, names = predict(args.checkpoint, args.images, precision=args.precision,
-                                       on_gpu=args.gpu, ema=args.ema)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return exit_code(_run, args)
+
+
+def _run(args) -> None:
+    probabilities, names = predict(args.checkpoint, args.images, precision=args.precision,
+                                   on_gpu=args.gpu, ema=args.ema)
     for image, probs in zip(args.images, probabilities, strict=True):
         print(image)
         for k in np.argsort(-probs, kind="stable")[:args.top]:
             print(f"  {probs[k]:.4f}  {names[k]}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 from resnet_jax import checkpoint, models, quiet
 from resnet_jax.data import MEAN_RGB, STD_RGB
 from resnet_jax.data.folders import imagenet_class_names
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, exit_code
 from resnet_jax.interop import tensorflow as tf_interop
 from resnet_jax.interop import torch as torch_interop
 from resnet_jax.models import naming
@@ -48,12 +48,11 @@ def write_checkpoint(output: str, arch: str, variables: dict, *, source: str,
     if class_names is None:
         class_names = imagenet_class_names() if num_classes == 1000 else [
             f"class_{i}" for i in range(num_classes)]
-    meta = {"arch": arch, "num_classes": num_classes, "class_names": class_names,
-            "image_size": 224, "eval_resize_size": eval_resize_size,
-            "eval_image_size": eval_image_size, "eval_antialias": eval_antialias,
-            "mean_rgb": [float(m) for m in mean_rgb], "std_rgb": [float(s) for s in std_rgb],
-            "model_options": dict(model_options or {}),
-            "precision": "fp32", "epoch": 0, "source": source}
+    meta = checkpoint.model_meta(
+        arch=arch, num_classes=num_classes, class_names=class_names, image_size=224,
+        eval_resize_size=eval_resize_size, eval_image_size=eval_image_size,
+        eval_antialias=eval_antialias, mean_rgb=mean_rgb, std_rgb=std_rgb,
+        model_options=model_options or {}, precision="fp32", epoch=0, source=source)
     return checkpoint.save_model(output, variables, meta)
 
 
@@ -115,22 +114,21 @@ def _convert_tf(args, arch: str) -> tuple[str, dict, str]:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     quiet.keep_own_lines()
-    try:
-        arch = models.canonical(args.arch, flag="--arch")
-        if args.keep_background and not args.tf_checkpoint:
-            raise ConfigError("--keep-background applies to --tf-checkpoint only: leave it out")
-        if os.path.exists(os.path.join(args.output, "checkpoints")):
-            raise ConfigError(f"--output {args.output!r} already holds checkpoints: "
-                              "pass a new folder")
-        convert = _convert_tf if args.tf_checkpoint else _convert_torch
-        folder, variables, read = convert(args, arch)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return exit_code(_run, args)
+
+
+def _run(args) -> None:
+    arch = models.canonical(args.arch, flag="--arch")
+    if args.keep_background and not args.tf_checkpoint:
+        raise ConfigError("--keep-background applies to --tf-checkpoint only: leave it out")
+    if os.path.exists(os.path.join(args.output, "checkpoints")):
+        raise ConfigError(f"--output {args.output!r} already holds checkpoints: "
+                          "pass a new folder")
+    convert = _convert_tf if args.tf_checkpoint else _convert_torch
+    folder, variables, read = convert(args, arch)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
     print(f"converted {read} to {arch}: {count:,} parameters, "
           f"{variables['params']['fc']['bias'].shape[0]} classes -> {folder}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Errors that a user can fix: bad configuration values and bad input data."""
+"""Errors that a user can fix: bad configuration values and bad input data; and how a
+command line reports them."""
+
+import sys
 
 
 class ConfigError(ValueError):
@@ -15,6 +18,20 @@ class TrainingError(Exception):
 
 class ConversionError(ConfigError):
     """Weights from elsewhere do not fit the architecture; the message names the bad ones."""
+
+
+def exit_code(run, *args) -> int:
+    """A command line's body run to its exit code: what `run(*args)` returns (0 for None),
+    or, for an error the user can fix, one `error: ...` line on stderr and 2 (ConfigError,
+    bad input) or 3 (TrainingError), without a traceback."""
+    try:
+        return run(*args) or 0
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
 
 
 def first_items(items: list[str], separator: str, shown: int = 6) -> str:

@@ -28,11 +28,10 @@ import numpy as np
 
 from resnet_jax import checkpoint, quiet
 from resnet_jax.data.folders import display_names
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, exit_code
 from resnet_jax.interop import onnx as onnx_interop
 from resnet_jax.interop import torch as torch_interop
 from resnet_jax.models.naming import TORCH_NAMINGS
-from resnet_jax.train.state import abstract_variables
 
 FORMATS = ("torch", "onnx", "triton")
 # Options that mean something for some formats only, and their defaults.
@@ -43,9 +42,8 @@ _FORMAT_OPTIONS = {"naming": (("torch",), "nvidia"), "precision": (("onnx", "tri
 
 def restore(saved: checkpoint.Saved, *, ema: bool = False) -> dict:
     """The checkpoint's model (or its EMA), {'params', 'batch_stats'}, as numpy arrays."""
-    abstract = abstract_variables(saved.meta["arch"], saved.meta["num_classes"])
-    return jax.device_get(saved.restore_model(
-        abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]), ema=ema))
+    return jax.device_get(saved.restore_variables(
+        jax.sharding.SingleDeviceSharding(jax.devices()[0]), ema=ema))
 
 
 def _output_folder(output: str) -> None:
@@ -165,31 +163,30 @@ def main(argv=None) -> int:
                         help="triton: the largest batch Triton forms (default: 256)")
     args = parser.parse_args(argv)
     quiet.keep_own_lines()
+    return exit_code(_run, args)
+
+
+def _run(args) -> None:
     ema = " (EMA)" if args.ema else ""
-    try:
-        _format_options(args)
-        if args.format == "torch":
-            arch, count = export_torch(args.checkpoint, args.output, naming=args.naming,
-                                       ema=args.ema)
-            print(f"exported {arch}{ema}: {count} tensors, {args.naming} naming -> {args.output}")
-        elif args.format == "onnx":
-            meta = export_onnx(args.checkpoint, args.output, precision=args.precision,
-                               ema=args.ema, exporter=args.exporter)
-            print(f"exported {meta['arch']}{ema} to ONNX in {args.precision}: {_signature(meta)}, "
-                  f"opset {onnx_interop.OPSETS[args.exporter]} -> {args.output} "
-                  f"({os.path.getsize(args.output) / 2**20:.1f} MiB)")
-        else:
-            meta, paths = export_triton(args.checkpoint, args.output, name=args.name,
-                                        max_batch_size=args.max_batch_size,
-                                        precision=args.precision, ema=args.ema,
-                                        exporter=args.exporter)
-            print(f"exported {meta['arch']}{ema} for Triton in {args.precision}: "
-                  f"{_signature(meta)}, max_batch_size {args.max_batch_size} -> "
-                  f"{', '.join(paths.values())}")
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    _format_options(args)
+    if args.format == "torch":
+        arch, count = export_torch(args.checkpoint, args.output, naming=args.naming,
+                                   ema=args.ema)
+        print(f"exported {arch}{ema}: {count} tensors, {args.naming} naming -> {args.output}")
+    elif args.format == "onnx":
+        meta = export_onnx(args.checkpoint, args.output, precision=args.precision,
+                           ema=args.ema, exporter=args.exporter)
+        print(f"exported {meta['arch']}{ema} to ONNX in {args.precision}: {_signature(meta)}, "
+              f"opset {onnx_interop.OPSETS[args.exporter]} -> {args.output} "
+              f"({os.path.getsize(args.output) / 2**20:.1f} MiB)")
+    else:
+        meta, paths = export_triton(args.checkpoint, args.output, name=args.name,
+                                    max_batch_size=args.max_batch_size,
+                                    precision=args.precision, ema=args.ema,
+                                    exporter=args.exporter)
+        print(f"exported {meta['arch']}{ema} for Triton in {args.precision}: "
+              f"{_signature(meta)}, max_batch_size {args.max_batch_size} -> "
+              f"{', '.join(paths.values())}")
 
 
 def _signature(meta: dict) -> str:

@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 from resnet_jax import config as config_lib
 from resnet_jax import parallel, quiet
-from resnet_jax.errors import ConfigError, TrainingError
+from resnet_jax.errors import ConfigError, exit_code
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -30,32 +30,29 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = FLAGS.config
     if FLAGS.library_logs:
         quiet.set_verbose()  # before TensorFlow loads and the XLA backend starts
     quiet.keep_own_lines()
-    try:
-        config_lib.validate(config)
-        # XLA flags are read when the backend starts, i.e. before the first JAX computation.
-        parallel.configure_runtime(deterministic=config.deterministic,
-                                   memory_fraction=parallel.memory_fraction(config))
-        if config.mode == "train" and not FLAGS.workdir:
-            raise ConfigError("--workdir is required for training: pass --workdir=runs/NAME")
-        parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        parallel.check_devices()
-        # Imported here so that a bad value is reported before TensorFlow (through clu) loads.
-        from resnet_jax.train import evaluate, loop
+    return exit_code(_run, FLAGS.config)
 
-        if config.mode == "train":
-            loop.train_and_evaluate(config, FLAGS.workdir)
-        else:
-            evaluate.evaluate_checkpoint(config, FLAGS.workdir)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3)
+
+def _run(config) -> None:
+    config_lib.validate(config)
+    # XLA flags are read when the backend starts, i.e. before the first JAX computation.
+    parallel.configure_runtime(deterministic=config.deterministic,
+                               memory_fraction=parallel.memory_fraction(config))
+    if config.mode == "train" and not FLAGS.workdir:
+        raise ConfigError("--workdir is required for training: pass --workdir=runs/NAME")
+    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    parallel.check_devices()
+    # Here, not above: the training package (Orbax, optax, the train step) loads only once
+    # the config and the launch are known to be good.
+    from resnet_jax.train import evaluate, loop
+
+    if config.mode == "train":
+        loop.train_and_evaluate(config, FLAGS.workdir)
+    else:
+        evaluate.evaluate_checkpoint(config, FLAGS.workdir)
 
 
 def parse_flags(argv):

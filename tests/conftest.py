@@ -96,12 +96,11 @@ def final_variables(workdir, arch: str = "resnet_tiny", num_classes: int = 3, *,
     """(step, {'params', 'batch_stats'} as numpy) of the latest checkpoint in `workdir` (with
     `ema`: its moving average's)."""
     from resnet_jax import checkpoint, parallel
-    from resnet_jax.train.state import abstract_variables
 
     saved = checkpoint.Saved(str(workdir))
+    assert (saved.meta["arch"], saved.meta["num_classes"]) == (arch, num_classes)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    variables = saved.restore_model(abstract_variables(arch, num_classes),
-                                    parallel.replicated(mesh), ema=ema)
+    variables = saved.restore_variables(parallel.replicated(mesh), ema=ema)
     return saved.step, jax.device_get(variables)
 
 

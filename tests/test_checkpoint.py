@@ -61,7 +61,7 @@ def test_restore_model_for_eval_from_step_folder_on_other_device_count(tmp_path)
         opened = checkpoint.Saved(path)
         assert opened.step == 7 and opened.meta["epoch"] == 1
     one_device = parallel.make_mesh(jax.devices()[:1])
-    abstract = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0), 32))
+    abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), 32))
     variables = opened.restore_model(abstract, parallel.replicated(one_device))
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]),
                  jax.device_get(saved.params))

@@ -13,8 +13,7 @@ from resnet_jax.errors import ConfigError
 from resnet_jax.interop import torch as torch_interop
 from resnet_jax.interop import torch_reference as ref
 from resnet_jax.interop.torch import ConversionError
-from resnet_jax.models import naming
-from resnet_jax.train.state import abstract_variables
+from resnet_jax.models import abstract_variables, naming
 
 CASES = [
     ("resnet50_v15", "torchvision"),  # torchvision's and timm's resnet50 have the same keys

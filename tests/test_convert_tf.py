@@ -23,8 +23,7 @@ import tensorflow as tf
 
 from resnet_jax import checkpoint, convert, models
 from resnet_jax.interop import tensorflow as tf_interop
-from resnet_jax.models import naming
-from resnet_jax.train.state import abstract_variables
+from resnet_jax.models import abstract_variables, naming
 
 STAGES = (3, 4, 6, 3)
 WIDTHS = (64, 128, 256, 512)
@@ -136,8 +135,7 @@ def _logits(folder, images):
     """The converted checkpoint's logits, with the model its metadata describes."""
     saved = checkpoint.Saved(folder)
     meta = saved.meta
-    variables = saved.restore_model(abstract_variables(meta["arch"], meta["num_classes"]),
-                                    jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    variables = saved.restore_variables(jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     model = models.from_meta(meta)
     return meta, np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
         variables, jnp.asarray(images)))

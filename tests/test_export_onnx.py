@@ -20,7 +20,7 @@ import pytest
 
 from resnet_jax import checkpoint, convert, export, models
 from resnet_jax.interop import onnx as onnx_interop
-from resnet_jax.train.state import abstract_variables
+from resnet_jax.models import abstract_variables
 
 SIZE = 32
 CLASSES = 10

@@ -11,7 +11,6 @@ import pytest
 from resnet_jax import models
 from resnet_jax.errors import ConfigError
 from resnet_jax.models import flops
-from resnet_jax.train import state as state_lib
 
 
 def _abstract_variables(model, size=224):
@@ -118,7 +117,7 @@ def test_mxnet_init_is_nvidias_xavier_with_zero_last_bn():
     convolutions and the classifier (zero bias); gamma and running variance 0 on the last BN."""
     model = models.create("resnext101_32x4d", num_classes=10, conv_init="mxnet",
                           zero_var_last_bn=True)
-    variables = jax.jit(lambda: state_lib.init_variables(model, jax.random.key(0), 32))()
+    variables = jax.jit(lambda: models.init_variables(model, jax.random.key(0), 32))()
     params, stats = variables["params"], variables["batch_stats"]
     grouped = np.asarray(params["layer3_1"]["conv2"]["kernel"])  # 3x3, 32 groups of 16
     assert grouped.shape == (3, 3, 16, 512)

@@ -67,7 +67,6 @@ from resnet_jax import models
 from resnet_jax.errors import ConfigError, ConversionError, describe_mismatch, first_items
 from resnet_jax.interop import matching
 from resnet_jax.models.naming import tf_name
-from resnet_jax.train.state import abstract_variables
 
 BN_EPSILON = 1e-5
 EVAL_RESIZE_SIZE, EVAL_IMAGE_SIZE, EVAL_ANTIALIAS = 256, 224, False
@@ -180,7 +179,7 @@ def tf_to_flax(arch: str, tensors, *, keep_unused_class: bool = False) -> Conver
         raise ConversionError(f"the checkpoint has no {fc_bias!r}: is it a classification "
                               "model of NVIDIA's TensorFlow ConvNets?")
     num_classes = int(np.shape(tensors[fc_bias])[0])
-    targets = matching.targets(abstract_variables(arch, num_classes),
+    targets = matching.targets(models.abstract_variables(arch, num_classes),
                                lambda path, _: tf_name(path, layout))
     unexpected, left_out = _others(tensors, targets, layout.scope)
     matched = matching.match(targets, tensors, _to_flax_layout)

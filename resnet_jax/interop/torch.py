@@ -32,7 +32,6 @@ from resnet_jax import models
 from resnet_jax.errors import ConfigError, ConversionError, describe_mismatch
 from resnet_jax.interop import matching
 from resnet_jax.models import naming as naming_lib
-from resnet_jax.train.state import abstract_variables
 
 # Keys every PyTorch BatchNorm has and that have no Flax counterpart.
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -84,7 +83,7 @@ def torch_to_flax(arch: str, state_dict, *, num_classes: int | None = None) -> d
                 f"{', '.join(sorted(state_dict)[:3])}, ...): is it a classification model?")
         num_classes = int(np.shape(tensors["fc.weight"])[0])
     arch = models.canonical(arch, flag="--arch")
-    targets = matching.targets(abstract_variables(arch, num_classes), naming_lib.torch_key)
+    targets = matching.targets(models.abstract_variables(arch, num_classes), naming_lib.torch_key)
     matched = matching.match(targets, tensors, _to_flax_layout, shown=originals.__getitem__)
     unexpected = sorted(originals[key] for key in tensors if key not in targets)
     if problems := describe_mismatch(matched.missing, unexpected, matched.wrong_shape):

@@ -7,6 +7,9 @@ networks `resnet50`, `resnext101-32x4d` and `se-resnext101-32x4d`; those
 names are accepted everywhere an arch is named and stand for the project's.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 from resnet_jax import precision
@@ -96,3 +99,28 @@ def build(config, *, train: bool = True) -> ResNet:
         bn_momentum=config.model.bn_momentum, bn_epsilon=config.model.bn_epsilon,
         bn_axis_name=AXIS if sync else None,
     )
+
+
+def init_variables(model, rng, image_size: int):
+    """Fresh {'params', 'batch_stats'} for `model` at `image_size`.
+
+    A model with `zero_var_last_bn` gets running variance 0 in each block's
+    last BN (bn3), as NVIDIA's MXNet ResNet initialises it.
+    """
+    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = model.init(rng, dummy, train=False)
+    if getattr(model, "zero_var_last_bn", False):
+        stats = dict(variables["batch_stats"])
+        for name, block in stats.items():
+            if "bn3" in block:
+                stats[name] = {**block, "bn3": {**block["bn3"],
+                                                "var": jnp.zeros_like(block["bn3"]["var"])}}
+        variables = {**variables, "batch_stats": stats}
+    return variables
+
+
+def abstract_variables(arch: str, num_classes: int):
+    """Shapes and dtypes of `models.create(arch, num_classes=...)`'s variables (nothing runs)."""
+    model = create(arch, num_classes=num_classes)
+    return jax.eval_shape(functools.partial(init_variables, model, image_size=64),
+                          jax.random.key(0))

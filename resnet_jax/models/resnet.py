@@ -153,7 +153,7 @@ class ResNet(nn.Module):
     conv_init: str = "fan_out"  # see conv_kernel_init; 'mxnet' also sets the classifier's init
     zero_init_last_bn: bool = True
     # MXNet's ResNet also starts the running variance of each block's last BN at 0
-    # (running_variance_initializer = its gamma initializer); see state.init_variables.
+    # (running_variance_initializer = its gamma initializer); see models.init_variables.
     zero_var_last_bn: bool = False
     padding: str = "symmetric"  # see PADDINGS
 

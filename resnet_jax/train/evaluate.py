@@ -9,7 +9,6 @@ from resnet_jax.data.source import open_data
 from resnet_jax.errors import ConfigError
 from resnet_jax.train import step as step_lib
 from resnet_jax.train.setup import prepare
-from resnet_jax.train.state import abstract_variables
 
 
 def evaluate(eval_step, params, batch_stats, eval_data) -> dict:
@@ -49,8 +48,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
                           "dali_cpu and --config.data.root=DIR with DIR/val/<class>/*.JPEG")
     parallel.log_devices()
     model = models.build(config, train=False)
-    variables = saved.restore_model(abstract_variables(config.arch, config.num_classes),
-                                    parallel.replicated(mesh), ema=config.eval_ema)
+    variables = saved.restore_variables(parallel.replicated(mesh), ema=config.eval_ema)
     metrics = evaluate(step_lib.make_eval_step(model, mesh), variables["params"],
                        variables["batch_stats"], data.eval)
     which = ", EMA of the weights" if config.eval_ema else ""

@@ -118,13 +118,12 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
                           f"(epoch {step / steps_per_epoch:.2f})")
         elif config.init_checkpoint:
             state = init_from(config, state, replicated)
-    meta = {"arch": config.arch, "num_classes": config.num_classes,
-            "class_names": data.class_names, "image_size": config.image_size,
-            "eval_resize_size": config.eval_resize_size,
-            "eval_antialias": config.eval_antialias, "ema_decay": config.ema_decay,
-            "eval_image_size": config.eval_image_size, "precision": config.precision,
-            "mean_rgb": list(config.mean_rgb), "std_rgb": list(config.std_rgb),
-            "model_options": models.options(config)}
+    meta = checkpoint.model_meta(
+        arch=config.arch, num_classes=config.num_classes, class_names=data.class_names,
+        image_size=config.image_size, eval_resize_size=config.eval_resize_size,
+        eval_image_size=config.eval_image_size, eval_antialias=config.eval_antialias,
+        mean_rgb=config.mean_rgb, std_rgb=config.std_rgb, model_options=models.options(config),
+        precision=config.precision, ema_decay=config.ema_decay)
     return TrainRun(config=config, workdir=workdir, mesh=mesh, data=data, state=state,
                     train_step=train_step, eval_step=eval_step, train_batch=train_batch,
                     accumulation=accumulation, peak_learning_rate=peak_lr,
@@ -184,8 +183,7 @@ def init_from(config, state: state_lib.TrainState, sharding) -> state_lib.TrainS
     checkpoint.check_compatible(saved.meta, config, f"init_checkpoint {config.init_checkpoint!r}",
                      keys=("arch",))
     num_classes = saved.meta["num_classes"]
-    variables = saved.restore_model(state_lib.abstract_variables(config.arch, num_classes),
-                                    sharding)
+    variables = saved.restore_variables(sharding)
     params = variables["params"]
     kept = "all layers"
     if num_classes != config.num_classes:

@@ -1,11 +1,12 @@
 """The training state: everything a train step needs, as one pytree."""
 
-import functools
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+from resnet_jax.models import init_variables
 
 
 @flax.struct.dataclass
@@ -20,24 +21,6 @@ class TrainState:
     loss_scale: jax.Array
     good_steps: jax.Array  # finite steps in a row since the loss scale last changed
     ema: Any = None
-
-
-def init_variables(model, rng, image_size: int):
-    """Fresh {'params', 'batch_stats'} for `model` at `image_size`.
-
-    A model with `zero_var_last_bn` gets running variance 0 in each block's
-    last BN (bn3), as NVIDIA's MXNet ResNet initialises it.
-    """
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = model.init(rng, dummy, train=False)
-    if getattr(model, "zero_var_last_bn", False):
-        stats = dict(variables["batch_stats"])
-        for name, block in stats.items():
-            if "bn3" in block:
-                stats[name] = {**block, "bn3": {**block["bn3"],
-                                                "var": jnp.zeros_like(block["bn3"]["var"])}}
-        variables = {**variables, "batch_stats": stats}
-    return variables
 
 
 def create(model, tx, rng, *, image_size: int, loss_scale: float,
@@ -81,12 +64,3 @@ def update_ema(ema, params, batch_stats, decay: float, step):
     mu = ema_decay(decay, step)
     new = {"params": params, "batch_stats": batch_stats}
     return jax.tree.map(lambda e, n: mu * e + (1.0 - mu) * n, ema, new)
-
-
-def abstract_variables(arch: str, num_classes: int):
-    """Shapes and dtypes of `models.create(arch, num_classes=...)`'s variables (nothing runs)."""
-    from resnet_jax import models
-
-    model = models.create(arch, num_classes=num_classes)
-    return jax.eval_shape(functools.partial(init_variables, model, image_size=64),
-                          jax.random.key(0))
