@@ -21,6 +21,7 @@ from resnet_jax import precision as precision_lib
 from resnet_jax.data import MEAN_RGB, STD_RGB
 from resnet_jax.data.folders import display_names
 from resnet_jax.errors import ConfigError, exit_code
+from resnet_jax.models.predict import predict_step
 
 
 def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
@@ -54,7 +55,7 @@ def predict(checkpoint_path: str, images: list[str], *, precision: str = "fp32",
         raise ConfigError(f"could not read the images {images}: {first}") from error
     matmul = precision_lib.matmul_precision(precision)
     with jax.default_matmul_precision(matmul or "default"):
-        logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, pixels)
+        logits = predict_step(model)(variables, pixels)
     return np.asarray(jax.nn.softmax(logits, axis=-1)), display_names(meta)
 
 

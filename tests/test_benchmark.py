@@ -1,6 +1,6 @@
-"""scripts/benchmark.py: what it refuses to compare, and what its inference rows report."""
+"""scripts/benchmark.py and resnet_jax.bench: what it refuses to compare, how it sums up
+times, and what its inference rows report."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -9,26 +9,69 @@ from conftest import ROOT, run
 import onnxruntime
 import pytest
 
-
-def _benchmark_script():
-    path = os.path.join(ROOT, "scripts", "benchmark.py")
-    spec = importlib.util.spec_from_file_location("benchmark_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from resnet_jax.bench import machine, timing, torch_baseline
 
 
 def test_pytorch_on_another_kind_of_device_than_jax_is_refused():
     import torch
 
-    bench = _benchmark_script()
     here = "gpu" if torch.cuda.is_available() else "cpu"
     other = "cpu" if here == "gpu" else "gpu"
-    assert bench.torch_device_mismatch(here) is None
-    message = bench.torch_device_mismatch(other)
+    assert torch_baseline.device_mismatch(here) is None
+    message = torch_baseline.device_mismatch(other)
     assert message.startswith(f"JAX runs on the {other.upper()} but PyTorch {torch.__version__}")
     assert f"would run on the {here.upper()}" in message
     assert message.endswith("or pass --no-torch")
+
+
+def test_latency_summary_gives_img_per_s_over_the_mean_and_the_percentiles_in_ms():
+    times = [0.001 * (i + 1) for i in range(100)]  # 1 ms .. 100 ms
+    row = timing.latency_summary(2.5, times, 0.25, batch=8)
+    assert row["latency_ms_avg"] == row["step_ms"] == pytest.approx(50.5)
+    assert row["images_per_sec"] == pytest.approx(8 / 0.0505)
+    # numpy's linear interpolation between the sorted times.
+    assert [row[f"latency_ms_p{q}"] for q in (90, 95, 99)] == pytest.approx([90.1, 95.05, 99.01])
+    assert (row["step_ms_min"], row["step_ms_max"]) == pytest.approx((1.0, 100.0))
+    assert (row["compile_s"], row["others_load"]) == (2.5, 0.25)
+
+
+def test_step_summary_gives_img_per_s_over_the_median_step():
+    row = timing.step_summary(3.0, [0.2, 0.1, 0.4, 0.1, 0.3], None, batch=16)
+    assert row["step_ms"] == pytest.approx(200.0)
+    assert row["images_per_sec"] == pytest.approx(80.0)
+    assert (row["step_ms_min"], row["step_ms_max"]) == pytest.approx((100.0, 400.0))
+    assert (row["compile_s"], row["others_load"]) == (3.0, None)
+
+
+def test_time_steps_keeps_one_step_queued_and_dispatches_one_more_than_timed():
+    events = []
+
+    def dispatch():
+        events.append("dispatch")
+        return len(events)
+
+    first, times, _ = timing.time_steps(dispatch, lambda handle: events.append("wait"),
+                                        warmup=2, steps=3)
+    assert len(times) == 3 and first >= 0
+    # The first step and the warm-up one at a time, then dispatch i+1 before waiting for i.
+    assert events == ["dispatch", "wait"] * 3 + ["dispatch"] + ["dispatch", "wait"] * 3 + [
+        "wait"]
+
+
+def test_others_load_is_the_other_processes_share_of_all_cores_or_none():
+    cores = os.cpu_count() or 1
+    # 10 s of wall time: the machine busy 5 core-seconds more, this process 1 of them.
+    assert timing.others_load((100.0, 10.0), (105.0, 11.0), 10.0) == pytest.approx(
+        min(1.0, 4.0 / (10.0 * cores)))
+    assert timing.others_load(None, (105.0, 11.0), 10.0) is None
+    assert timing.others_load((100.0, 10.0), (105.0, 11.0), 0.5) is None  # under a second
+
+
+def test_json_header_names_the_cpu_the_command_and_the_date():
+    header = {**machine.cpu(), **machine.provenance()}
+    assert list(header) == ["cpu", "cpu_count", "command", "date"]
+    assert header["cpu"] and header["cpu_count"] == os.cpu_count()
+    assert header["date"].endswith("+00:00")
 
 
 def test_inference_rows_report_latency_of_jax_onnx_runtime_and_pytorch(tmp_path):

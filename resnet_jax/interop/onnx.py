@@ -1,4 +1,4 @@
-"""A resnet_jax model as ONNX, and as a Triton model repository; ONNX Runtime sessions of it.
+"""A resnet_jax model as ONNX, and as a Triton model repository.
 
 The command line is `python -m resnet_jax.export --format onnx|triton` (resnet_jax/export.py).
 
@@ -19,8 +19,9 @@ and needs no other package, but torch has deprecated it since 2.9. 'dynamo'
 Both give the same operators (BN folded into the convolutions), the same
 `batch` dimension and logits within 1e-6 of each other.
 
-Only numpy and jax load with this module; torch, onnx and onnxruntime load
-when used (`pip install -e '.[export]'`).
+Only numpy and jax load with this module; torch and onnx load when used
+(`pip install -e '.[export]'`). ONNX Runtime sessions of the graph, for
+timing it, are resnet_jax.bench.onnx_runtime's.
 """
 
 import contextlib
@@ -40,7 +41,7 @@ from resnet_jax.interop import torch as torch_interop
 from resnet_jax.models import naming
 from resnet_jax.models.resnet import PADDINGS
 
-# torch, onnx, onnxruntime and torch_reference (which imports torch) are imported inside the
+# torch, onnx and torch_reference (which imports torch) are imported inside the
 # functions that use them, so that importing this module loads none of them.
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -52,9 +53,6 @@ INSTALL_HINT = "pip install -e '.[export]' in the resnet_jax checkout"
 # and those that only shape training and so change nothing in an exported graph.
 _OPTIONS = ("padding", "bn_epsilon")
 _TRAINING_ONLY_OPTIONS = ("conv_init", "zero_init_last_bn", "zero_var_last_bn", "bn_momentum")
-# ONNX Runtime's providers, fastest first; 'auto' takes the first that this build has.
-PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "cpu": "CPUExecutionProvider"}
 
 
 def require(*packages: str, purpose: str = "the ONNX export") -> None:
@@ -279,60 +277,3 @@ def triton_paths(repository: str, name: str) -> dict:
             "model": os.path.join(folder, "1", "model.onnx"),
             "labels": os.path.join(folder, "labels.txt")}
 
-
-# --- ONNX Runtime ---------------------------------------------------------------------------
-
-
-def providers(choice: str = "auto") -> list[str]:
-    """ONNX Runtime providers for `choice` (auto, tensorrt, cuda, cpu), the CPU last as the
-    fallback; a ConfigError when this onnxruntime build lacks the one asked for."""
-    require("onnxruntime", purpose="ONNX Runtime")
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if choice == "auto":
-        return [p for p in PROVIDERS.values() if p in available]
-    if choice not in PROVIDERS:
-        raise ConfigError(f"ONNX Runtime provider {choice!r}: use auto or one of "
-                          f"{', '.join(PROVIDERS)}")
-    if PROVIDERS[choice] not in available:
-        raise ConfigError(f"this onnxruntime build has no {PROVIDERS[choice]} (it has "
-                          f"{', '.join(available)}): install onnxruntime-gpu for cuda/tensorrt")
-    return list(dict.fromkeys([PROVIDERS[choice], PROVIDERS["cpu"]]))
-
-
-def session(path: str, *, provider: str = "auto", precision: str = "fp32"):
-    """An ONNX Runtime InferenceSession of `path`; fp16 lets TensorRT build in fp16 and tf32
-    lets CUDA use TF32 (else full fp32, as resnet_jax's 'fp32')."""
-    require("onnxruntime", purpose="ONNX Runtime")
-    import onnxruntime as ort
-
-    options = {"TensorrtExecutionProvider": {"trt_fp16_enable": str(int(precision == "fp16"))},
-               "CUDAExecutionProvider": {"use_tf32": str(int(precision == "tf32"))}}
-    chosen = providers(provider)
-    return ort.InferenceSession(path, providers=[(p, options.get(p, {})) for p in chosen])
-
-
-class BoundRunner:
-    """Runs a session on one batch that stays on the session's device (ONNX Runtime's
-    IOBinding): a call is the model alone, no host copies, and returns when it is done."""
-
-    def __init__(self, sess, images: np.ndarray):
-        import onnxruntime as ort
-
-        self.session = sess
-        self.provider = sess.get_providers()[0]
-        device = "cpu" if self.provider == PROVIDERS["cpu"] else "cuda"
-        self._binding = sess.io_binding()
-        self._binding.bind_ortvalue_input(
-            INPUT, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(images, np.float32),
-                                                    device, 0))
-        self._binding.bind_output(OUTPUT, device)
-
-    def __call__(self):
-        self.session.run_with_iobinding(self._binding)
-        self._binding.synchronize_outputs()
-
-    def logits(self) -> np.ndarray:
-        """The last run's logits, copied to the host."""
-        return self._binding.copy_outputs_to_cpu()[0]
