@@ -5,6 +5,7 @@ latest checkpoint; `--config.mode=eval` evaluates DIR's (or
 --config.checkpoint's) latest checkpoint.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -15,6 +16,7 @@ from resnet_jax import parallel, quiet
 from resnet_jax.errors import ConfigError, exit_code
 
 FLAGS = flags.FLAGS
+STOP_EXIT_CODE_ENV = "RESNET_JAX_STOP_EXIT_CODE"
 config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/resnet50_v15.py[:preset].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and metrics go.")
@@ -36,8 +38,9 @@ def main(argv):
     return exit_code(_run, FLAGS.config)
 
 
-def _run(config) -> None:
+def _run(config) -> int:
     config_lib.validate(config)
+    stop_code = stop_exit_code()
     # XLA flags are read when the backend starts, i.e. before the first JAX computation.
     parallel.configure_runtime(deterministic=config.deterministic,
                                memory_fraction=parallel.memory_fraction(config))
@@ -47,12 +50,27 @@ def _run(config) -> None:
     parallel.check_devices()
     # Here, not above: the training package (Orbax, optax, the train step) loads only once
     # the config and the launch are known to be good.
-    from resnet_jax.train import evaluate, loop
+    from resnet_jax.train import evaluate, loop, setup
 
-    if config.mode == "train":
-        loop.train_and_evaluate(config, FLAGS.workdir)
-    else:
+    if config.mode == "eval":
         evaluate.evaluate_checkpoint(config, FLAGS.workdir)
+        return 0
+    run = setup.setup_train_loop(config, FLAGS.workdir)
+    loop.train_loop(run)
+    return stop_code if run.stopped_by else 0
+
+
+def stop_exit_code(environ=None) -> int:
+    """The exit code of a run that a signal stopped early, its checkpoint saved:
+    $RESNET_JAX_STOP_EXIT_CODE, else 0. A scheduler that must not count such a process as
+    finished sets another (scripts/k8s/resnet50.yaml: 143, SIGTERM's code)."""
+    text = (os.environ if environ is None else environ).get(STOP_EXIT_CODE_ENV, "").strip()
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) > 255:
+        raise ConfigError(f"{STOP_EXIT_CODE_ENV}={text!r} is not an exit code: set it to a "
+                          "number from 0 to 255 (e.g. 143) or unset it")
+    return int(text)
 
 
 def parse_flags(argv):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from resnet_jax import config as config_lib
-from resnet_jax import parallel
+from resnet_jax import main, parallel
 
 MANIFEST = os.path.join(ROOT, "scripts", "k8s", "resnet50.yaml")
 
@@ -109,12 +109,18 @@ def test_a_preempted_pod_saves_and_is_replaced(objects):
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"  # a pod failure policy needs it
     assert spec["backoffLimit"] >= 1
-    preempted, hopeless = spec["podFailurePolicy"]["rules"]  # the first that matches applies
+    preempted, stopped, hopeless = spec["podFailurePolicy"]["rules"]  # the first match applies
     assert preempted == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    # A run stopped by a signal (this pod's or another's, as all stop together) exits with
+    # RESNET_JAX_STOP_EXIT_CODE: the pod is replaced, not counted as done.
+    env = _literal_env(_container(objects["Job"]))
+    assert main.stop_exit_code(env) == 143
+    assert stopped == {"action": "Ignore", "onExitCodes": {
+        "containerName": "train", "operator": "In", "values": [143]}}
     # main's exit codes for a ConfigError and a TrainingError: a retry would fail the same way.
     assert hopeless == {"action": "FailJob", "onExitCodes": {
         "containerName": "train", "operator": "In", "values": [2, 3]}}
     assert pod["terminationGracePeriodSeconds"] >= 120  # to the next logged step, then save
     script = _container(objects["Job"])["args"][0]
-    assert "trap " in script and "exit 143" in script  # not 0: the Job would count it done
+    assert "trap 'kill -TERM" in script  # bash passes SIGTERM on to the trainer
     assert _container(objects["Job"])["resources"]["limits"]["nvidia.com/gpu"] >= 1

@@ -54,6 +54,7 @@ def train_loop(run: TrainRun) -> dict:
             # Several processes stop together: they agree at logged steps.
             if stop.requested(collective=logged):
                 outputs.stop(step, state, stop.signal_name)
+                run.stopped_by = stop.signal_name
                 break
     run.state = state
     return eval_metrics

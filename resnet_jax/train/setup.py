@@ -43,6 +43,7 @@ class TrainRun:
     total_steps: int
     ckpt: checkpoint.Checkpointer | None  # None without a workdir
     meta: dict  # saved with every checkpoint
+    stopped_by: str | None = None  # the signal that ended training early, once one has
 
     @property
     def start_step(self) -> int:
