@@ -10,8 +10,8 @@
 # (the checkout, its .venv, DATA and WORKDIR must be on a filesystem every node sees).
 # resnet_jax reads the SLURM environment (node list, task count and rank), elects the
 # first node as coordinator, joins the processes (jax.distributed) and gives each
-# process every GPU of its node; the batch is then split over all 2 x 8 GPUs: 256 images per GPU for ResNet50,
-# a global batch of 4096, learning rate 4.096. Only process 0 logs and writes
+# process every GPU of its node; the batch is then split over all 2 x 8 GPUs: 192 images per
+# GPU for ResNet50 v1.5, a global batch of 3072, learning rate 3.072. Only process 0 logs and writes
 # TensorBoard; all processes write the checkpoints together. Restarting the
 # same command resumes from WORKDIR's latest checkpoint.
 #
