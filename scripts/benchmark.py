@@ -197,7 +197,7 @@ def _parser(on_gpu: bool) -> argparse.ArgumentParser:
                         help="also time the inference rows' model exported to ONNX, in ONNX "
                         "Runtime (needs pip install -e '.[export]')")
     parser.add_argument("--onnx-provider", default="auto",
-                        choices=("auto", "tensorrt", "cuda", "cpu"),
+                        choices=("auto", *onnx_runtime.PROVIDERS),
                         help="ONNX Runtime's execution provider (default: the first of "
                         "tensorrt, cuda, cpu that this onnxruntime build has)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

@@ -25,53 +25,19 @@ import resnet_jax  # noqa: F401  first, before jax: XLA's and TensorFlow's C++ l
 # isort: on
 
 import argparse
+import contextlib
 import json
-import os
 import statistics
-import tempfile
-import time
 
 import jax
 import numpy as np
 
 from resnet_jax import config as config_lib
 from resnet_jax import parallel, quiet
-from resnet_jax.data import dali, demo, steps_per_epoch
-from resnet_jax.data.folders import Split, scan_split
+from resnet_jax.bench import inputs
+from resnet_jax.bench.data_feed import start_seconds, waits
+from resnet_jax.data import dali, steps_per_epoch
 from resnet_jax.data.source import num_threads
-
-
-def _split(root: str, paths: int) -> Split:
-    """`paths` entries cycling through the files of ROOT/train (labels follow the files)."""
-    base = scan_split(root, "train")
-    index = np.arange(paths) % len(base.files)
-    return Split(files=[base.files[i] for i in index], labels=base.labels[index],
-                 class_names=base.class_names)
-
-
-def _iterator(split, args, mesh, backend, threads, start):
-    return dali.train_iterator(split, global_batch_size=args.batch_size,
-                               image_size=args.image_size, image_dtype=np.float32, mesh=mesh,
-                               seed=0, backend=backend, num_threads=threads, start=start)
-
-
-def _start(split, args, mesh, backend, threads, step):
-    """Seconds to build the iterator at batch `step`, and to get its first batch."""
-    start = time.perf_counter()
-    batches = _iterator(split, args, mesh, backend, threads, step)
-    built = time.perf_counter()
-    jax.block_until_ready(next(batches))
-    return built - start, time.perf_counter() - built
-
-
-def _waits(batches, count):
-    """Seconds waited for each of the next `count` batches."""
-    waits = []
-    for _ in range(count):
-        start = time.perf_counter()
-        jax.block_until_ready(next(batches))
-        waits.append(time.perf_counter() - start)
-    return waits
 
 
 def main() -> None:
@@ -99,30 +65,36 @@ def main() -> None:
     pipelines = mesh.size if on_gpu else 1
     threads = num_threads(config_lib.defaults(), pipelines)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.data_root or demo.make_demo_dataset(
-            os.path.join(tmp, "data"), num_classes=4, train_per_class=16, val_per_class=1,
-            image_size=max(96, args.image_size), seed=0)
-        split = _split(root, args.paths)
+    with contextlib.ExitStack() as stack:
+        root = args.data_root or stack.enter_context(inputs.demo_tree(
+            num_classes=4, per_class=16, image_size=max(96, args.image_size)))
+        split = inputs.repeated_split(root, args.paths)
         per_epoch = steps_per_epoch(len(split), args.batch_size)
-        build, first = _start(split, args, mesh, backend, threads, 0)
+
+        def iterator(step):
+            """The trainer's iterator, built at batch `step`."""
+            return dali.train_iterator(
+                split, global_batch_size=args.batch_size, image_size=args.image_size,
+                image_dtype=np.float32, mesh=mesh, seed=0, backend=backend,
+                num_threads=threads, start=step)
+
+        build, first = start_seconds(lambda: iterator(0))
         rows = [{"what": "start (step 0)", "build_s": build, "first_batch_s": first}]
         # From a few batches before the end of epoch 0 into epoch args.epochs - 1.
         around = 8
-        batches = _iterator(split, args, mesh, backend, threads, per_epoch - around)
-        _waits(batches, 1)  # the first batch: the iterator's start, timed above
+        batches = iterator(per_epoch - around)
+        waits(batches, 1)  # the first batch: the iterator's start, timed above
         for epoch in range(1, args.epochs):
-            before = _waits(batches, around - 1)  # the last batches of epoch - 1
-            boundary, after = _waits(batches, 1)[0], _waits(batches, around)
+            before = waits(batches, around - 1)  # the last batches of epoch - 1
+            boundary, after = waits(batches, 1)[0], waits(batches, around)
             rows.append({"what": f"epoch {epoch - 1} -> {epoch}", "first_batch_s": boundary,
                          "steady_batch_s": statistics.median(before + after)})
             if epoch + 1 < args.epochs:  # on to just before the next epoch end, unread
-                batches = _iterator(split, args, mesh, backend, threads,
-                                    (epoch + 1) * per_epoch - around)
-                _waits(batches, 1)
+                batches = iterator((epoch + 1) * per_epoch - around)
+                waits(batches, 1)
         del batches
         if args.resume_at:
-            build, first = _start(split, args, mesh, backend, threads, args.resume_at)
+            build, first = start_seconds(lambda: iterator(args.resume_at))
             rows.append({"what": f"resume at step {args.resume_at}", "build_s": build,
                          "first_batch_s": first})
 

@@ -33,9 +33,6 @@ import json
 import os
 import re
 import sys
-import tempfile
-import time
-from unittest import mock
 
 LAYOUT = re.compile(r"^(?:(1)/)?(\d+)x(\d+)$")
 
@@ -60,57 +57,6 @@ def _set_device_count(count: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
 
 
-def measure(split, layout: dict, *, image_size: int, steps: int, warmup: int,
-            threads: int) -> dict:
-    """Main-thread CPU seconds per `next()` of the training stream, and its wall times."""
-    import jax
-    import numpy as np
-
-    from resnet_jax.data import dali
-
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:layout["devices"]]), ("data",))
-    begin = time.perf_counter()
-    with mock.patch.object(jax, "process_count", lambda: layout["processes"]), \
-            mock.patch.object(jax, "process_index", lambda: 0):
-        stream = dali._train_stream(
-            split, global_batch_size=layout["global_batch"], image_size=image_size,
-            dtype=dali._dali_dtype(np.float16), mesh=mesh, seed=0, start=0,
-            num_threads=threads, per_device=layout["per_device"],
-            on_gpu=layout["per_device"] and jax.default_backend() == "gpu")
-    built = time.perf_counter()
-    jax.block_until_ready(next(stream))
-    first = time.perf_counter()
-    for _ in range(warmup):
-        jax.block_until_ready(next(stream))
-    cpu, copies = 0.0, [0.0]
-    device_put = jax.device_put
-
-    def timed_device_put(*args, **kwargs):
-        start = time.thread_time()
-        try:
-            return device_put(*args, **kwargs)
-        finally:
-            copies[0] += time.thread_time() - start
-
-    wall = time.perf_counter()
-    # The per-device layout copies each pipeline's batch from the first CPU device to its
-    # own (jax.device_put); on GPUs the batch is decoded where it belongs.
-    with mock.patch.object(jax, "device_put", timed_device_put):
-        for _ in range(steps):
-            start = time.thread_time()
-            batch = next(stream)
-            cpu += time.thread_time() - start
-            jax.block_until_ready(batch)
-    wall = time.perf_counter() - wall
-    del stream, batch
-    step_cpu = cpu / steps
-    return {**layout, "threads": threads, "steps": steps, "build_s": built - begin,
-            "first_batch_s": first - built, "main_thread_ms_per_step": 1e3 * step_cpu,
-            "main_thread_us_per_image": 1e6 * step_cpu / (layout["pipelines"] * layout["batch"]),
-            "device_put_ms_per_step": 1e3 * copies[0] / steps if layout["per_device"] else 0.0,
-            "wall_ms_per_step": 1e3 * wall / steps}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layouts", default="8x192,1x1536,1/8x192",
@@ -128,13 +74,12 @@ def main() -> None:
     layouts = [parse_layout(text) for text in args.layouts.split(",")]
     _set_device_count(max(layout["devices"] for layout in layouts))
 
+    # Here, not above: jax reads XLA_FLAGS' device count when it starts.
     import jax
-    import numpy as np
 
     from resnet_jax import config as config_lib
     from resnet_jax import parallel, quiet
-    from resnet_jax.data import demo
-    from resnet_jax.data.folders import Split, scan_split
+    from resnet_jax.bench import data_feed, inputs
     from resnet_jax.data.source import num_threads
 
     parallel.configure_runtime()
@@ -143,18 +88,14 @@ def main() -> None:
         sys.exit(f"error: {jax.device_count()} devices, fewer than --layouts asks for: "
                  "unset XLA_FLAGS' --xla_force_host_platform_device_count")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = demo.make_demo_dataset(os.path.join(tmp, "data"), num_classes=4,
-                                      train_per_class=16, val_per_class=1,
-                                      image_size=max(48, args.image_size), seed=0)
-        base = scan_split(root, "train")
-        index = np.arange(args.paths) % len(base.files)
-        split = Split(files=[base.files[i] for i in index], labels=base.labels[index],
-                      class_names=base.class_names)
+    with inputs.demo_tree(num_classes=4, per_class=16,
+                          image_size=max(48, args.image_size)) as root:
+        split = inputs.repeated_split(root, args.paths)
         for layout in layouts:
             threads = args.threads or num_threads(config_lib.defaults(), layout["pipelines"])
-            rows.append(measure(split, layout, image_size=args.image_size, steps=args.steps,
-                                warmup=args.warmup, threads=threads))
+            rows.append(data_feed.main_thread_cost(
+                split, layout, image_size=args.image_size, steps=args.steps,
+                warmup=args.warmup, threads=threads))
 
     print(f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores; {args.paths:,} paths, "
           f"{args.image_size} px float16; {args.steps} steps after {args.warmup}; "

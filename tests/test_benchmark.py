@@ -6,10 +6,11 @@ import os
 import sys
 
 from conftest import ROOT, run
+import numpy as np
 import onnxruntime
 import pytest
 
-from resnet_jax.bench import machine, timing, torch_baseline
+from resnet_jax.bench import data_loading, inputs, machine, timing, torch_baseline
 
 
 def test_pytorch_on_another_kind_of_device_than_jax_is_refused():
@@ -72,6 +73,29 @@ def test_json_header_names_the_cpu_the_command_and_the_date():
     assert list(header) == ["cpu", "cpu_count", "command", "date"]
     assert header["cpu"] and header["cpu_count"] == os.cpu_count()
     assert header["date"].endswith("+00:00")
+
+
+def test_pil_loader_crop_boxes_lie_in_the_image_with_the_aspect_ratios_asked_for():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        left, top, right, bottom = data_loading.random_resized_box(rng, 400, 300)
+        assert 0 <= left < right <= 400 and 0 <= top < bottom <= 300
+        assert 3 / 4 - 0.02 <= (right - left) / (bottom - top) <= 4 / 3 + 0.02
+        assert (right - left) * (bottom - top) >= 0.08 * 400 * 300 * 0.9
+    # No random box fits a 1000 x 10 strip: the central crop of the widest allowed ratio.
+    assert data_loading.random_resized_box(rng, 1000, 10) == (493, 0, 506, 10)
+
+
+def test_demo_tree_is_drawn_repeated_to_a_file_list_and_removed(capsys):
+    with inputs.demo_tree(num_classes=2, per_class=2, image_size=16, prefix="bench_test_",
+                          note="no --data-root: ") as root:
+        split = inputs.repeated_split(root, 7)
+        assert len(split.files) == 7 and all(os.path.isfile(f) for f in split.files)
+        # The tree's 4 files, then again from the first, labels following.
+        assert split.files[4:] == split.files[:3]
+        assert list(split.labels[4:]) == list(split.labels[:3])
+    assert not os.path.exists(root)
+    assert capsys.readouterr().out.startswith("no --data-root: drawing 2 x 2 JPEGs of 16 px into ")
 
 
 def test_inference_rows_report_latency_of_jax_onnx_runtime_and_pytorch(tmp_path):
