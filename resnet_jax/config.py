@@ -15,6 +15,7 @@ import ml_collections
 
 from resnet_jax import models
 from resnet_jax.data import BACKENDS, MEAN_RGB, STD_RGB
+from resnet_jax.data.records import FORMATS
 from resnet_jax.errors import ConfigError
 from resnet_jax.models.resnet import CONV_INITS, PADDINGS
 from resnet_jax.precision import PRECISIONS
@@ -111,6 +112,11 @@ def defaults() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.root = ""  # ImageNet layout: ROOT/train/<class>/*.JPEG, ROOT/val/<class>/*.JPEG
     config.data.backend = "dali_gpu"  # dali_gpu | dali_cpu | synthetic
+    # folder | recordio (ROOT/train.rec, val.rec) | tfrecord (ROOT/train-*-of-*,
+    # validation-*-of-*) | webdataset (ROOT/train/*.tar, val/*.tar): docs/data.md
+    config.data.format = "folder"
+    # The label TFRecord files give class 0: 1 in TF-slim's (0 is its background class).
+    config.data.tfrecord_first_label = 1
     config.data.num_threads = 0  # DALI CPU threads per pipeline; 0: chosen from the core count
     config.data.synthetic_train_images = 1281167  # epoch length for the synthetic backend
     # Image files that are truncated or not images at all (checked at start-up): False stops
@@ -169,6 +175,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config.arch = models.canonical(config.arch)  # NVIDIA's names become the project's
     _choice("precision", config.precision, PRECISIONS)
     _choice("data.backend", config.data.backend, BACKENDS)
+    _choice("data.format", config.data.format, FORMATS)
     _choice("mode", config.mode, MODES)
     _choice("lr_schedule_unit", config.lr_schedule_unit, SCHEDULE_UNITS)
     _choice("weight_decay_rule", config.weight_decay_rule, WEIGHT_DECAY_RULES)

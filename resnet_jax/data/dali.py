@@ -29,8 +29,9 @@ from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
 from resnet_jax.data import BACKENDS as ALL_BACKENDS
-from resnet_jax.data import MEAN_RGB, STD_RGB, steps_per_epoch
+from resnet_jax.data import MEAN_RGB, STD_RGB, records, steps_per_epoch
 from resnet_jax.data.folders import Split
+from resnet_jax.data.records import RecordSplit
 from resnet_jax.errors import ConfigError
 from resnet_jax.parallel import AXIS, batch_sharded
 
@@ -174,7 +175,8 @@ class TrainOrder:
         self.attempts = attempts
         self.steps_per_epoch = steps_per_epoch(len(split), global_batch_size)
         self._permutation = (None, None)
-        self._names = FileNames(split.files)
+        # Record files (RecordSplit): no names; DALI's workers read each image's byte range.
+        self._names = FileNames(split.files) if isinstance(split, Split) else None
         self._labels = np.asarray(split.labels, np.int32)
         # The draws of a pipeline's next batch, made meanwhile by a helper thread: numpy
         # fills them without holding the GIL, so the thread driving the GPUs goes on.
@@ -189,8 +191,8 @@ class TrainOrder:
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of the split's images in `epoch`: the same in every process."""
         if self._permutation[0] != epoch:
-            rng = np.random.default_rng([self.seed, 0, epoch])
-            self._permutation = (epoch, rng.permutation(len(self.split)))
+            self._permutation = (epoch, records.epoch_permutation(self.seed, len(self.split),
+                                                                  epoch))
         return self._permutation[1]
 
     def draws(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -231,7 +233,8 @@ class TrainOrder:
         """
         images = self.images(index, start, stop)
         labels = (self._labels[images],) if with_labels else ()
-        return self._names[images], *labels, self._draws_ahead(index, start, stop)
+        names = () if self._names is None else (self._names[images],)
+        return *names, *labels, self._draws_ahead(index, start, stop)
 
     def _draws_ahead(self, index: int, start: int, stop: int) -> np.ndarray:
         """draws(index, start, stop), made while the batch before was fed (see __init__)."""
@@ -253,12 +256,24 @@ class _ShardFeed:
                  with_labels: bool = True):
         batch = _shard_batch(order.global_batch_size, num_shards, "pipelines")
         self.order, self.rows, self.index = order, (shard * batch, (shard + 1) * batch), start
-        self.with_labels = with_labels
+        self.start, self.with_labels = start, with_labels
+
+    @property
+    def by_name(self) -> bool:
+        """Whether the pipeline reads files by name (the folder layout), not by byte range."""
+        return isinstance(self.order.split, Split)
 
     @property
     def types(self) -> list:
-        """DALI types of the inputs: names, [labels,] draws."""
-        return [types.UINT8, *([types.INT32] if self.with_labels else []), types.FLOAT]
+        """DALI types of the inputs: [names,] [labels,] draws."""
+        return [*([types.UINT8] if self.by_name else []),
+                *([types.INT32] if self.with_labels else []), types.FLOAT]
+
+    def range_source(self) -> records.RangeSource:
+        """The byte-range reads of the same rows, for DALI's worker processes."""
+        return records.RangeSource(self.order.split, first=self.rows[0], stop=self.rows[1],
+                                   global_batch=self.order.global_batch_size,
+                                   seed=self.order.seed, start=self.start)
 
     def __call__(self):
         rows = self.order.rows(self.index, *self.rows, with_labels=self.with_labels)
@@ -302,10 +317,11 @@ def crop_window(shape, area, log_ratio, x, y, attempts: int = ATTEMPTS):
 
 @pipeline_def
 def _train_pipeline(feed, *, image_size, dtype, on_gpu, antialias=False, normalize=NORMALIZE):
-    names, *labels, draws = fn.external_source(
+    *names, draws = fn.external_source(
         source=feed, num_outputs=len(feed.types), batch=True, dtype=feed.types)
+    labels = names[1:] if feed.by_name else names
     area, log_ratio, x, y, flip = augmentation_draws(draws, feed.order.attempts)
-    jpegs = fn.io.file.read(names)
+    jpegs = fn.io.file.read(names[0]) if feed.by_name else _read_ranges(feed.range_source())
     width, height, x, y = crop_window(fn.peek_image_shape(jpegs, dtype=types.FLOAT),
                                       area, log_ratio, x, y, feed.order.attempts)
     window = dict(crop_w=width, crop_h=height, crop_pos_x=x, crop_pos_y=y)
@@ -322,12 +338,37 @@ def _train_pipeline(feed, *, image_size, dtype, on_gpu, antialias=False, normali
     return images, *[label.gpu() if on_gpu else label for label in labels]
 
 
+# DALI's worker processes per pipeline that read record files by byte range: reads, not
+# decoding (DALI's threads decode), so a few keep up with a GPU. Spawned, not forked: the
+# parent may have CUDA up.
+RANGE_WORKERS = 2
+RANGE_PIPELINE = dict(py_num_workers=RANGE_WORKERS, py_start_method="spawn")
+
+
+def _read_ranges(source: records.RangeSource, num_outputs=None):
+    """The encoded images (and, for evaluation, labels) that `source` reads in DALI's workers."""
+    outputs = {} if num_outputs is None else dict(num_outputs=num_outputs)
+    return fn.external_source(source=source, parallel=True, batch=True, batch_info=True,
+                              prefetch_queue_depth=2, **outputs,
+                              dtype=types.UINT8 if num_outputs is None else
+                              [types.UINT8, types.INT32])
+
+
+def _pipeline_options(split) -> dict:
+    """Pipeline arguments a split needs: worker processes for record files."""
+    return RANGE_PIPELINE if isinstance(split, RecordSplit) else {}
+
+
 @pipeline_def
 def _eval_pipeline(files, labels, *, resize_size, image_size, dtype, on_gpu, antialias=True,
                    normalize=NORMALIZE):
-    # Each pipeline gets exactly its own (padded) file list, read once per pass in order.
-    jpegs, labels = fn.readers.file(files=files, labels=labels, random_shuffle=False,
-                                    pad_last_batch=True, name=READER)
+    # Each pipeline gets exactly its own (padded) file list, read once per pass in order;
+    # for record files (`files` a RangeSource), the same list of images by byte range.
+    if isinstance(files, records.RangeSource):
+        jpegs, labels = _read_ranges(files, num_outputs=2)
+    else:
+        jpegs, labels = fn.readers.file(files=files, labels=labels, random_shuffle=False,
+                                        pad_last_batch=True, name=READER)
     images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu",
                                output_type=types.RGB, **(_MIXED_DECODER if on_gpu else {}))
     images = fn.resize(images, resize_shorter=resize_size, interp_type=types.INTERP_LINEAR,
@@ -461,7 +502,8 @@ def _train_stream(split: Split, *, global_batch_size: int, image_size: int, dtyp
                                         with_labels=False),
                              image_size=image_size, dtype=dtype, on_gpu=on_gpu,
                              antialias=antialias, normalize=normalize, batch_size=batch,
-                             device_id=device_id, num_threads=num_threads)
+                             device_id=device_id, num_threads=num_threads,
+                             **_pipeline_options(split))
              for shard, _, device_id in shards]
     _start(pipes)
 
@@ -495,15 +537,17 @@ def shard_bounds(num_images: int, num_shards: int) -> list[tuple[int, int]]:
 class _EvalShard:
     """One shard's padded file list and how many of its entries are real."""
 
-    def __init__(self, split: Split, start: int, end: int, padded_size: int):
-        files = split.files[start:end]
-        labels = split.labels[start:end].tolist()
+    def __init__(self, split: Split | RecordSplit, start: int, end: int, padded_size: int,
+                 batch: int = 1):
         # Padding repeats a real file (any will do: the mask hides it); an empty shard,
         # possible when there are fewer images than shards, borrows its neighbour's.
         pad = max(end - 1, 0)
         self.num_real = end - start
-        self.files = files + [split.files[pad]] * (padded_size - self.num_real)
-        self.labels = labels + [int(split.labels[pad])] * (padded_size - self.num_real)
+        positions = np.concatenate([np.arange(start, end),
+                                    np.full(padded_size - self.num_real, pad)])
+        self.labels = split.labels[positions].tolist()
+        self.files = (records.RangeSource(split, first=0, stop=batch, positions=positions)
+                      if isinstance(split, RecordSplit) else [split.files[i] for i in positions])
 
     def mask(self, step: int, batch: int) -> np.ndarray:
         """Which rows of the shard's batch number `step` are real images."""
@@ -582,7 +626,8 @@ def _eval_data(split: Split, *, global_batch_size: int, resize_size: int, image_
     batch = global_batch_size // num_shards
     bounds = shard_bounds(len(split), num_shards)
     num_batches = max(1, math.ceil(max(end - start for start, end in bounds) / batch))
-    shards = [_EvalShard(split, *bounds[position], num_batches * batch) for position, _ in here]
+    shards = [_EvalShard(split, *bounds[position], num_batches * batch, batch)
+              for position, _ in here]
     # Defined now (DALI checks the arguments), built at the first pass. Each pipeline's
     # list is num_batches full batches, read in order, wrapping round to its start; a
     # pass schedules exactly its num_batches runs, so none reads ahead into the next.
@@ -591,7 +636,8 @@ def _eval_data(split: Split, *, global_batch_size: int, resize_size: int, image_
                             device_id=device.local_hardware_id if on_gpu else None,
                             prefetch_queue_depth=depth, resize_size=resize_size,
                             image_size=image_size, dtype=dtype, num_threads=num_threads,
-                            antialias=antialias, normalize=normalize)
+                            antialias=antialias, normalize=normalize,
+                            **_pipeline_options(split))
              for shard, (_, device) in zip(shards, here, strict=True)]
     started = []
 

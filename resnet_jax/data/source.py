@@ -1,18 +1,20 @@
 """The data source a config names (config.data.*), checked against the config.
 
 `open_data` is the one place where the trainer, the evaluation and the
-benchmark get their batches: synthetic, or DALI pipelines over the folder
-tree of data.root.
+benchmark get their batches: synthetic, or DALI pipelines over data.root in
+the layout data.format names (the folder tree, or RecordIO, TFRecord or
+WebDataset record files, see records.py).
 """
 
 from collections.abc import Callable, Iterator
 import dataclasses
 import os
 
+from absl import logging
 import jax
 
 from resnet_jax import precision
-from resnet_jax.data import folders, synthetic
+from resnet_jax.data import folders, records, synthetic
 from resnet_jax.errors import ConfigError
 
 
@@ -38,6 +40,21 @@ def usable_cores() -> int:
 def num_threads(config, pipelines: int) -> int:
     """DALI CPU threads per pipeline: data.num_threads, else the usable cores per pipeline, <= 8."""
     return config.data.num_threads or max(1, min(8, usable_cores() // pipelines))
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        logging.info("%s", message)
+
+
+def _split(config, split: str, bad_images: str):
+    """One split of data.root in the layout of data.format (labels checked against
+    num_classes for record files, whose classes are the labels themselves)."""
+    if config.data.format == "folder":
+        return folders.scan_split(config.data.root, split, bad_images=bad_images)
+    first_label = config.data.tfrecord_first_label if config.data.format == "tfrecord" else 0
+    return records.open_split(config.data.root, config.data.format, split,
+                              num_classes=config.num_classes, first_label=first_label, log=_log)
 
 
 def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bool = True,
@@ -71,12 +88,12 @@ def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bo
     threads = num_threads(config, pipelines)
     # Unreadable image files stop the run with their name, or are left out and counted.
     bad_images = "skip" if config.data.skip_bad_images else "error"
-    val = folders.scan_split(config.data.root, "val", bad_images=bad_images) if with_eval else None
-    train = (folders.scan_split(config.data.root, "train", bad_images=bad_images)
-             if with_train else val)
-    folders.check_num_classes(train.class_names, config.num_classes, config.data.root)
-    if val is not None:
-        folders.check_same_classes(train.class_names, val.class_names, config.data.root)
+    val = _split(config, "val", bad_images) if with_eval else None
+    train = _split(config, "train", bad_images) if with_train else val
+    if config.data.format == "folder":
+        folders.check_num_classes(train.class_names, config.num_classes, config.data.root)
+        if val is not None:
+            folders.check_same_classes(train.class_names, val.class_names, config.data.root)
     normalize = (tuple(config.mean_rgb), tuple(config.std_rgb))
     return Data(
         num_train_images=len(train),
