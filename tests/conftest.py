@@ -14,6 +14,7 @@
   command prints proves it for every environment.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -32,12 +33,47 @@ import pytest  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
 
-# The recipe scaled down for tests: the tiny model, 32 px, fp32, DALI on the CPU, and no
-# TensorBoard (TensorFlow costs ~5 s per process; test_end_to_end turns it back on).
-TINY = ("--config.arch=resnet_tiny", "--config.data.backend=dali_cpu",
-        "--config.image_size=32", "--config.eval_resize_size=36",
-        "--config.eval_image_size=32", "--config.precision=fp32",
-        "--config.data.num_threads=1", "--config.tensorboard=false")
+# The recipe scaled down for tests, one set of values for every test that does not need
+# another (each difference is another XLA program to compile on a fresh machine): the tiny
+# model, 3 classes, 32 px, fp32, 4 images per device, DALI on the CPU, and no TensorBoard
+# (TensorFlow costs ~5 s per process; test_end_to_end turns it back on).
+TINY_FIELDS = {"arch": "resnet_tiny", "num_classes": 3, "image_size": 32,
+               "eval_resize_size": 36, "eval_image_size": 32, "precision": "fp32",
+               "per_device_batch_size": 4, "data.backend": "dali_cpu", "data.num_threads": 1,
+               "tensorboard": False}
+TINY = tuple(f"--config.{name}={str(value).lower() if isinstance(value, bool) else value}"
+             for name, value in TINY_FIELDS.items())
+
+
+def tiny_config(data_root: str = "", **fields):
+    """The recipe with TINY_FIELDS and `fields` (`data__root` sets data.root), as
+    `python -m resnet_jax.main --config=RECIPE ...` builds it."""
+    from resnet_jax import config as config_lib
+
+    config = config_lib.recipe("resnet50_v15")
+    values = {**TINY_FIELDS, "data.root": data_root,
+              **{name.replace("__", "."): value for name, value in fields.items()}}
+    for name, value in values.items():
+        parent, _, key = name.rpartition(".")
+        (config[parent] if parent else config)[key] = value
+    return config
+
+
+def tiny_run(data_root: str = "", *, devices: int = 2, workdir=None, **fields):
+    """`setup_train_loop` of `tiny_config` on the first `devices` devices of this process, as
+    a process with that many devices builds it (without a data root: synthetic images)."""
+    from resnet_jax import parallel
+    from resnet_jax.train import setup
+
+    if not data_root:
+        fields = {"data__backend": "synthetic", "data__synthetic_train_images": 32, **fields}
+    config = tiny_config(data_root, **fields)
+    make_mesh = parallel.make_mesh
+    parallel.make_mesh = lambda found=None: make_mesh(jax.devices()[:devices])
+    try:
+        return setup.setup_train_loop(config, None if workdir is None else str(workdir))
+    finally:
+        parallel.make_mesh = make_mesh
 
 
 def command_env(devices: int = 2, **extra) -> dict:
@@ -52,13 +88,10 @@ def command_env(devices: int = 2, **extra) -> dict:
     return env
 
 
-def main_command(workdir, data_root, *overrides, num_classes: int = 3,
-                 batch_per_device: int = 4) -> list[str]:
+def main_command(workdir, data_root, *overrides) -> list[str]:
     """`python -m resnet_jax.main` of the tiny recipe (global batch 8 on 2 devices)."""
     return [sys.executable, "-m", "resnet_jax.main", f"--config={RECIPE}",
-            f"--workdir={workdir}", *TINY, f"--config.num_classes={num_classes}",
-            f"--config.data.root={data_root}",
-            f"--config.per_device_batch_size={batch_per_device}", *overrides]
+            f"--workdir={workdir}", *TINY, f"--config.data.root={data_root}", *overrides]
 
 
 def run(command: list[str], *, devices: int = 2, timeout: int = 300, **env):
@@ -69,9 +102,9 @@ def run(command: list[str], *, devices: int = 2, timeout: int = 300, **env):
     return result
 
 
-def run_main(workdir, data_root, *overrides, devices: int = 2, **options):
-    """`main_command` run to its end."""
-    return run(main_command(workdir, data_root, *overrides, **options), devices=devices)
+def run_main(workdir, data_root, *overrides, devices: int = 2):
+    """`main_command` run to its end; the result has `.output`, stdout + stderr."""
+    return run(main_command(workdir, data_root, *overrides), devices=devices)
 
 
 def start(command: list[str], *, devices: int = 2, stderr=subprocess.STDOUT,
@@ -104,12 +137,34 @@ def final_variables(workdir, arch: str = "resnet_tiny", num_classes: int = 3, *,
     return saved.step, jax.device_get(variables)
 
 
-def assert_same_variables(got, want, **tolerance):
-    """Every leaf equal (bit for bit without a tolerance)."""
+def assert_tree_equal(got, want, **tolerance):
+    """Every leaf of two pytrees equal: bit for bit, or within `tolerance` (assert_allclose's
+    rtol, atol)."""
+    got, want = jax.device_get((got, want))
     if tolerance:
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tolerance), got, want)
     else:
         jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@functools.cache
+def _eval_apply(model):
+    return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+
+
+def logits(model, variables, images) -> np.ndarray:
+    """`model`'s eval-mode logits as numpy, jitted once per model for the whole session (the
+    converters' and exporters' tests compare the same models on images of the same shape)."""
+    return np.asarray(_eval_apply(model)(variables, images))
+
+
+assert_same_variables = assert_tree_equal  # the name the tests of records and LARS use
+
+
+def relative_error(got, want) -> float:
+    """The largest difference relative to the largest |value| of `want`."""
+    want = np.asarray(want)
+    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="session")

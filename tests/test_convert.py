@@ -1,9 +1,10 @@
-"""PyTorch weights to resnet_jax: logits equal a PyTorch reference for every arch and naming."""
+"""PyTorch weights to resnet_jax: logits equal a PyTorch reference for every arch, and every
+naming scheme's keys and shapes are a PyTorch model's, both ways."""
 
 import functools
 
+from conftest import assert_tree_equal, logits, relative_error
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch  # a test dependency (pyproject's `test` extra); the converter itself needs none
@@ -15,7 +16,11 @@ from resnet_jax.interop import torch_reference as ref
 from resnet_jax.interop.torch import ConversionError
 from resnet_jax.models import abstract_variables, naming
 
-CASES = [
+# One naming per arch for the logits (the NVIDIA SE network's gates as nn.Linear, timm's as
+# 1x1 convolutions); every naming's keys in test_every_naming_round_trips_exactly.
+LOGITS = [("resnet50_v15", "torchvision"), ("resnext101_32x4d", "nvidia"),
+          ("se_resnext101_32x4d", "nvidia"), ("seresnext101_32x4d", "timm")]
+NAMINGS = [
     ("resnet50_v15", "torchvision"),  # torchvision's and timm's resnet50 have the same keys
     ("resnet50_v15", "nvidia"),
     ("resnet50_v15", "nvidia_ngc"),
@@ -27,42 +32,66 @@ CASES = [
     ("se_resnext101_32x4d", "nvidia_ngc"),
     ("se_resnext101_32x4d", "nvidia_trt"),
 ]
+# 8 images of 32 px and 10 classes, as test_export_onnx: the same compiled forward passes.
+CLASSES, SIZE = 10, 32
 
 
 @functools.cache
-def _apply(arch, num_classes):
-    model = models.create(arch, num_classes=num_classes)
-    return jax.jit(lambda v, x: model.apply(v, x, train=False))
-
-
-def _reference(arch, scheme, num_classes=1000, seed=0, size=64):
+def _reference(arch, scheme, num_classes=CLASSES, seed=0):
+    """(randomized PyTorch model, 8 NHWC images, its logits), made once per module."""
     torch.manual_seed(seed)
     model = ref.randomized(ref.ResNet(arch, scheme, num_classes), seed)
-    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
+    images = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
-        logits = model(images).numpy()
-    return model, images.numpy().transpose(0, 2, 3, 1), logits
+        want = model(images).numpy()
+    return model, images.numpy().transpose(0, 2, 3, 1), want
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_the_references():
+    yield
+    _reference.cache_clear()  # several full-size PyTorch models
 
 
 def _numpy_state_dict(model):
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
-def _relative_error(got, want):
-    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
+def _expected_scheme(arch, scheme):
+    return ("nvidia" if scheme in ("nvidia", "nvidia_trt")
+            or (scheme == "nvidia_ngc" and arch.startswith("se_")) else "torchvision/timm")
 
 
-@pytest.mark.parametrize("arch, scheme", CASES, ids=[f"{a}-{s}" for a, s in CASES])
+@pytest.mark.parametrize("arch, scheme", LOGITS, ids=[f"{a}-{s}" for a, s in LOGITS])
 def test_converted_logits_equal_pytorch(arch, scheme):
     model, images, want = _reference(arch, scheme)
     state_dict = _numpy_state_dict(model)
-    assert naming.naming_scheme(state_dict) == (
-        "nvidia" if scheme in ("nvidia", "nvidia_trt")
-        or (scheme == "nvidia_ngc" and arch.startswith("se_")) else "torchvision/timm")
+    assert naming.naming_scheme(state_dict) == _expected_scheme(arch, scheme)
     variables = torch_interop.torch_to_flax(arch, state_dict)
-    got = _apply(arch, 1000)(variables, jnp.asarray(images))
+    got = logits(models.create(arch, num_classes=CLASSES), variables, images)
     assert got.shape == want.shape
-    assert _relative_error(got, want) < 1e-4
+    assert relative_error(got, want) < 1e-4
+
+
+@pytest.mark.parametrize("arch, scheme", NAMINGS, ids=[f"{a}-{s}" for a, s in NAMINGS])
+def test_every_naming_round_trips_exactly(arch, scheme):
+    """resnet_jax -> PyTorch -> resnet_jax gives back every tensor; the PyTorch side has the
+    reference model's keys and shapes (a model on the meta device: no weights, no forward
+    pass), which loads it with strict=True."""
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(lambda spec: rng.standard_normal(spec.shape, np.float32),
+                             abstract_variables(arch, CLASSES))
+    state_dict = torch_interop.flax_to_torch(arch, variables, naming=scheme)
+    with torch.device("meta"):
+        reference = ref.ResNet(arch, scheme, CLASSES)
+    want = reference.state_dict()
+    assert sorted(state_dict) == sorted(want)
+    for key, value in want.items():
+        assert state_dict[key].shape == tuple(value.shape), key
+    reference.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()},
+                              strict=True, assign=True)
+    assert naming.naming_scheme(state_dict) == _expected_scheme(arch, scheme)
+    assert_tree_equal(torch_interop.torch_to_flax(arch, state_dict), variables)
 
 
 def test_each_se_network_converts_exactly_and_refuses_the_other():
@@ -94,7 +123,8 @@ def test_torch_tensors_ddp_prefix_and_other_class_counts():
     assert any(k.endswith("num_batches_tracked") for k in state_dict)
     variables = torch_interop.torch_to_flax("resnet_tiny", state_dict)
     assert variables["params"]["fc"]["kernel"].shape == (64, 7)
-    assert _relative_error(_apply("resnet_tiny", 7)(variables, jnp.asarray(images)), want) < 1e-4
+    assert relative_error(logits(models.create("resnet_tiny", num_classes=7), variables, images),
+                          want) < 1e-4
 
 
 def test_missing_unexpected_and_misshapen_keys_are_named():
@@ -130,8 +160,8 @@ def test_command_line_writes_a_checkpoint_that_restores(tmp_path):
     assert meta["class_names"][:2] == ["tench", "goldfish"]
     variables = saved.restore_model(abstract_variables("resnet_tiny", 1000),
                                     jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    assert _relative_error(_apply("resnet_tiny", 1000)(variables, jnp.asarray(images)),
-                           want) < 1e-4
+    assert relative_error(logits(models.create("resnet_tiny", num_classes=1000), variables,
+                                 images), want) < 1e-4
     # A second conversion into the same folder would mix checkpoints: refused.
     assert convert.main(["--arch", "resnet_tiny", "--torch-checkpoint", str(path),
                          "--output", str(out)]) == 2
@@ -140,7 +170,7 @@ def test_command_line_writes_a_checkpoint_that_restores(tmp_path):
 def test_nvidia_arch_names_are_aliases(tmp_path, capsys):
     model, _, _ = _reference("resnext101_32x4d", "nvidia")
     variables = torch_interop.torch_to_flax("resnext101-32x4d", _numpy_state_dict(model))
-    assert variables["params"]["fc"]["kernel"].shape == (2048, 1000)
+    assert variables["params"]["fc"]["kernel"].shape == (2048, CLASSES)
     tiny, _, _ = _reference("resnet_tiny", "torchvision")
     path = tmp_path / "tiny.pth"
     torch.save(tiny.state_dict(), path)
@@ -190,22 +220,6 @@ def test_class_names_for_display():
     assert display_names({"num_classes": 1000, "class_names": []})[1] == "goldfish"
     assert display_names({"num_classes": 4, "class_names": ["cat", "dog"]}) == [
         "cat", "dog", "class 2", "class 3"]
-
-
-@pytest.mark.parametrize("arch, scheme", CASES, ids=[f"{a}-{s}" for a, s in CASES])
-def test_export_to_pytorch_round_trips_bit_exact(arch, scheme):
-    """PyTorch -> resnet_jax -> PyTorch gives back every tensor, and the model loads it
-    with strict=True."""
-    model, _, _ = _reference(arch, scheme)
-    state_dict = _numpy_state_dict(model)
-    back = torch_interop.flax_to_torch(arch, torch_interop.torch_to_flax(arch, state_dict),
-                                       naming=scheme)
-    assert sorted(back) == sorted(state_dict)
-    for key, value in state_dict.items():
-        assert back[key].shape == value.shape, key
-        np.testing.assert_array_equal(back[key], value, err_msg=key)
-    fresh = ref.ResNet(arch, scheme)
-    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
 
 
 def test_export_command_writes_a_state_dict_that_runs(tmp_path, capsys):

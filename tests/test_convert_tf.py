@@ -15,8 +15,8 @@ import os
 import re
 import sys
 
+from conftest import logits, relative_error
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -127,18 +127,12 @@ def _save(prefix, tensors):
                       tensors=[tf.constant(tensors[n]) for n in names])
 
 
-def _relative_error(got, want):
-    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
-
-
 def _logits(folder, images):
     """The converted checkpoint's logits, with the model its metadata describes."""
     saved = checkpoint.Saved(folder)
     meta = saved.meta
     variables = saved.restore_variables(jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    model = models.from_meta(meta)
-    return meta, np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
-        variables, jnp.asarray(images)))
+    return meta, logits(models.from_meta(meta), variables, images)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +198,7 @@ def test_command_line_converts_nvidias_checkpoint_exactly(nvidia, converted):
     meta, got = _logits(out, images)
     # Output i is ImageNet class i; the last of the 1001 is the one dropped.
     assert got.shape == (2, 1000)
-    assert _relative_error(got, want[:, :1000]) < 1e-4
+    assert relative_error(got, want[:, :1000]) < 1e-4
     assert meta["model_options"] == {"padding": "same", "bn_epsilon": 1e-5}
     assert meta["mean_rgb"] == [123.68, 116.28, 103.53]
     assert meta["std_rgb"] == [58.395, 57.12, 57.385]
@@ -223,7 +217,7 @@ def test_keep_background_keeps_all_1001_outputs(nvidia, tmp_path, capsys):
         f"25,559,081 parameters, 1001 classes -> {out}/checkpoints/0\n")
     meta, got = _logits(out, images)
     assert got.shape == (2, 1001)
-    assert _relative_error(got, want) < 1e-4
+    assert relative_error(got, want) < 1e-4
     assert meta["class_names"][0] == "tench"
     assert meta["class_names"][1000] == tf_interop.UNUSED_CLASS
 
@@ -240,8 +234,8 @@ def test_2019_layout_pads_convolutions_symmetrically_and_the_max_pool_same(nvidi
     assert converted.layout.std_rgb == (255.0, 255.0, 255.0)
     want = _tf_logits(old, images, converted.layout)
     model = models.create("resnet50_v15", num_classes=1001, padding="symmetric_same_pool")
-    got = jax.jit(lambda v, x: model.apply(v, x, train=False))(converted.variables, images)
-    assert _relative_error(got, want) < 1e-4
+    got = logits(model, converted.variables, images)
+    assert relative_error(got, want) < 1e-4
 
 
 def test_classify_uses_the_recorded_preprocessing(converted, tmp_path, capsys, monkeypatch):

@@ -10,7 +10,7 @@ import importlib.util
 import re
 import sys
 
-from conftest import run
+from conftest import logits, relative_error, run
 import jax
 import numpy as np
 import onnx  # test dependencies (pyproject's `test` extra), as the `export` extra has them
@@ -50,12 +50,7 @@ def _images(count: int, size: int = SIZE, seed: int = 1) -> np.ndarray:
 
 
 def _jax_logits(meta: dict, variables: dict, images: np.ndarray) -> np.ndarray:
-    model = models.from_meta(meta)
-    return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
-
-
-def _relative_error(got, want) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
+    return logits(models.from_meta(meta), variables, images)
 
 
 def _session(path) -> ort.InferenceSession:
@@ -98,7 +93,7 @@ def test_onnx_runtime_logits_equal_jax_at_batch_1_and_7(arch, tmp_path):
     for batch in (slice(0, 1), slice(1, 8)):
         got = session.run(None, {"images": images[batch]})[0]
         assert got.dtype == np.float32 and got.shape == (batch.stop - batch.start, CLASSES)
-        assert _relative_error(got, want[batch]) < FP32_BOUND, batch
+        assert relative_error(got, want[batch]) < FP32_BOUND, batch
 
 
 def test_fp16_weights_and_compute_in_half_precision_float32_at_the_edges(tmp_path):
@@ -115,7 +110,7 @@ def test_fp16_weights_and_compute_in_half_precision_float32_at_the_edges(tmp_pat
     assert session.get_inputs()[0].type == session.get_outputs()[0].type == "tensor(float)"
     got = _ort_logits(path, images)
     assert got.dtype == np.float32
-    assert FP32_BOUND < _relative_error(got, want) < FP16_BOUND  # rounded, but close
+    assert FP32_BOUND < relative_error(got, want) < FP16_BOUND  # rounded, but close
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +133,7 @@ def test_command_writes_onnx_that_runs_like_the_checkpoint(tiny_checkpoint, tmp_
         f"float32, opset 17 -> {out} (")
     images = _images(5)
     want = _jax_logits(_meta("resnet_tiny", 3), variables, images)
-    assert _relative_error(_ort_logits(out, images), want) < FP32_BOUND
+    assert relative_error(_ort_logits(out, images), want) < FP32_BOUND
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert (props["arch"], props["image_size"], props["layout"], props["ema"]) == (
         '"resnet_tiny"', "32", '"NHWC"', "false")
@@ -147,7 +142,7 @@ def test_command_writes_onnx_that_runs_like_the_checkpoint(tiny_checkpoint, tmp_
     half = tmp_path / "tiny16.onnx"
     assert export.main(["--checkpoint", folder, "--format", "onnx", "--output", str(half),
                         "--precision", "fp16"]) == 0
-    assert _relative_error(_ort_logits(half, images), want) < FP16_BOUND
+    assert relative_error(_ort_logits(half, images), want) < FP16_BOUND
 
 
 # torch.export imports triton when the torch build ships it (PyPI's Linux wheels, CUDA builds).
@@ -169,7 +164,7 @@ def test_dynamo_exporter_gives_the_same_graph_signature_and_logits(tiny_checkpoi
     assert session.get_inputs()[0].shape == ["batch", SIZE, SIZE, 3]
     images = _images(5)
     want = _jax_logits(_meta("resnet_tiny", 3), variables, images)
-    assert _relative_error(_ort_logits(out, images), want) < FP32_BOUND
+    assert relative_error(_ort_logits(out, images), want) < FP32_BOUND
 
 
 def _write_checkpoint_with_ema(workdir, arch, variables, ema, meta):
@@ -194,8 +189,8 @@ def test_ema_exports_the_moving_average_not_the_weights(tmp_path, capsys):
         assert export.main(["--checkpoint", str(tmp_path / "run"), "--format", "onnx",
                             "--output", str(out), *flag]) == 0
         got = _ort_logits(out, images)
-        assert _relative_error(got, _jax_logits(meta, variables, images)) < FP32_BOUND
-        assert _relative_error(got, _jax_logits(meta, other, images)) > 0.01
+        assert relative_error(got, _jax_logits(meta, variables, images)) < FP32_BOUND
+        assert relative_error(got, _jax_logits(meta, other, images)) > 0.01
     assert "exported resnet_tiny (EMA) to ONNX" in capsys.readouterr().out
 
 
@@ -214,10 +209,10 @@ def test_tensorflow_padding_and_bn_epsilon_from_the_model_options(padding, tmp_p
         "Transpose", "Pad", "Conv", "Relu", "MaxPool", "Add", "ReduceMean", "Gemm"}
     images = _images(4, size=37)
     got = _ort_logits(out, images)
-    assert _relative_error(got, _jax_logits(_meta("resnet_tiny", size=37, **options),
+    assert relative_error(got, _jax_logits(_meta("resnet_tiny", size=37, **options),
                                             variables, images)) < FP32_BOUND
     # The options matter: the default model computes something else.
-    assert _relative_error(got, _jax_logits(_meta("resnet_tiny", size=37), variables,
+    assert relative_error(got, _jax_logits(_meta("resnet_tiny", size=37), variables,
                                             images)) > 1e-3
 
 
@@ -282,7 +277,7 @@ def test_triton_repository_layout_config_and_model(tiny_checkpoint, tmp_path):
     assert (repository / "tiny" / "labels.txt").read_text() == "cat\ndog\nowl\n"
     images = _images(7)
     got = _ort_logits(repository / "tiny" / "1" / "model.onnx", images)
-    assert _relative_error(got, _jax_logits(_meta("resnet_tiny", 3), variables,
+    assert relative_error(got, _jax_logits(_meta("resnet_tiny", 3), variables,
                                             images)) < FP32_BOUND
 
 

@@ -1,5 +1,6 @@
 """The train step: learning, fp16 loss scaling, and BN statistics per device or global."""
 
+from conftest import assert_tree_equal
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -43,7 +44,8 @@ def _batch(mesh, seed=0, dtype=np.float32, batch=BATCH):
 
 
 def test_loss_falls_over_a_few_steps():
-    mesh, _, state, train_step = _setup(1)
+    # 2 devices, as test_train_and_eval_steps_copy_nothing...: the same compiled program.
+    mesh, _, state, train_step = _setup(2)
     batch = _batch(mesh)
     losses = []
     for _ in range(8):
@@ -79,7 +81,7 @@ def test_fp16_overflow_skips_update_and_halves_scale():
     after = jax.device_get(state)
     assert float(metrics["grads_finite"]) == 0.0
     for name in ("params", "batch_stats", "opt_state"):
-        jax.tree.map(np.testing.assert_array_equal, getattr(after, name), getattr(before, name))
+        assert_tree_equal(getattr(after, name), getattr(before, name))
     assert float(after.loss_scale) == pytest.approx(1.5e38)
     assert int(after.step) == int(before.step) + 1 and int(after.good_steps) == 0
 
@@ -89,8 +91,8 @@ def test_keep_if_finite_takes_the_new_tree_only_when_finite():
     old = {"w": jnp.array([5.0, 6.0]), "opt": (jnp.int32(7),)}
     taken = step_lib.keep_if_finite(jnp.bool_(True), new, old)
     kept = step_lib.keep_if_finite(jnp.bool_(False), new, old)
-    jax.tree.map(np.testing.assert_array_equal, taken, new)
-    jax.tree.map(np.testing.assert_array_equal, kept, old)
+    assert_tree_equal(taken, new)
+    assert_tree_equal(kept, old)
 
 
 def test_loss_scale_doubles_after_growth_interval_finite_steps():
@@ -127,7 +129,7 @@ def test_global_bn_on_8_devices_equals_one_device():
         for seed in range(2):
             state, metrics = train_step(state, _batch(mesh, seed))
         results.append(jax.device_get((state.params, state.batch_stats, metrics["loss"])))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), *results)
+    assert_tree_equal(*results, rtol=2e-4, atol=2e-6)
 
 
 def test_per_device_bn_matches_per_shard_reference():
@@ -162,8 +164,7 @@ def test_per_device_bn_matches_per_shard_reference():
                             jax.tree.leaves(expected), strict=True):
         error = np.abs(a - b).max() / np.abs(b).max()
         assert error < 2e-3, (jax.tree_util.keystr(path), error)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 new_stats, mean(stats))
+    assert_tree_equal(new_stats, mean(stats), rtol=1e-5, atol=1e-6)
 
 
 def test_accumulated_micro_batches_equal_one_step_on_more_devices():
@@ -207,7 +208,7 @@ def test_ema_follows_nvidias_formula():
     decay = 0.6  # reached at t = 13: both regimes of min() within 25 steps
     mesh, _, state, train_step = _setup(2, ema_decay=decay)
     reference = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-    assert_tree_equal(jax.device_get(state.ema), reference)
+    assert_tree_equal(state.ema, reference)
     mus = []
     for t in range(25):
         state, _ = train_step(state, _batch(mesh, seed=t))
@@ -215,12 +216,7 @@ def test_ema_follows_nvidias_formula():
         mu = min(decay, (1.0 + t) / (10.0 + t))
         mus.append(mu)
         reference = jax.tree.map(lambda e, w, mu=mu: mu * e + (1 - mu) * w, reference, weights)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-                 jax.device_get(state.ema), reference)
+    assert_tree_equal(state.ema, reference, rtol=1e-5, atol=1e-7)
     assert mus[0] == 0.1 and mus[12] < decay == mus[13] == mus[-1]
     ema, params = jax.device_get(state.ema["params"]), jax.device_get(state.params)
     assert not np.allclose(ema["fc"]["kernel"], params["fc"]["kernel"])  # an average, not a copy
-
-
-def assert_tree_equal(a, b):
-    jax.tree.map(np.testing.assert_array_equal, a, b)
