@@ -10,6 +10,11 @@ Evaluation and fine-tuning read `model` and `meta` only. Orbax writes each
 step to a temporary folder and renames it when complete, so an interrupted
 save is never taken for the latest checkpoint.
 
+The best evaluation's weights are kept apart, in WORKDIR/best/<step> (items
+model, meta with `eval_top1`, and ema when kept): the rotation of the latest
+checkpoints never reaches them, a resume never takes them for the latest, and
+eval, classify and export open that folder like any checkpoints folder.
+
 `check_compatible` says whether a checkpoint fits a config; which saved state a
 run continues from (resume, fine-tuning) is the trainer's policy
 (resnet_jax/train/setup.py).
@@ -66,12 +71,50 @@ def _with_sharding(tree, sharding):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def best_dir(workdir: str) -> str:
+    """Where a training run in `workdir` keeps its best evaluation's checkpoint."""
+    return os.path.join(os.path.abspath(workdir), "best")
+
+
+def _model_items(state, meta: dict) -> dict:
+    """The items a model checkpoint needs: model, meta, and ema when the state keeps one."""
+    ema = {} if state.ema is None else {"ema": ocp.args.StandardSave(state.ema)}
+    return {"model": ocp.args.StandardSave({"params": state.params,
+                                            "batch_stats": state.batch_stats}),
+            "meta": ocp.args.JsonSave(meta), **ema}
+
+
 class Checkpointer:
-    """Saves training state asynchronously, keeps the last `keep`, resumes from the latest."""
+    """Saves training state asynchronously, keeps the last `keep`, resumes from the latest;
+    keeps the best evaluation's model apart (`save_best`)."""
 
     def __init__(self, workdir: str, *, keep: int):
         self.directory = checkpoint_dir(workdir)
+        self.best_directory = best_dir(workdir)
         self._manager = _manager(self.directory, keep=keep)
+        self._best = None  # opened when first needed: a run without evaluation has no best/
+
+    def _best_manager(self):
+        if self._best is None:
+            self._best = _manager(self.best_directory, keep=1)
+        return self._best
+
+    def best_meta(self) -> dict | None:
+        """The metadata of the best evaluation's checkpoint (with `eval_top1`), or None."""
+        if not os.path.isdir(self.best_directory):
+            return None
+        step = self._best_manager().latest_step()
+        return None if step is None else _restore_meta(self._best_manager(), step)
+
+    def save_best(self, state, meta: dict) -> None:
+        """Starts writing `state`'s model (and EMA) as the best checkpoint; the previous best
+        is deleted once this one is complete."""
+        manager = self._best_manager()
+        step = int(jax.device_get(state.step))
+        for saved in manager.all_steps():  # a resume in another batch size renumbers steps
+            if saved >= step:
+                manager.delete(saved)
+        manager.save(step, args=ocp.args.Composite(**_model_items(state, meta)))
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -81,15 +124,11 @@ class Checkpointer:
         """Starts writing `state` at its step; returns before the write finishes."""
         step = int(jax.device_get(state.step))
         # The weights' moving average, when kept, is a model of its own: item 'ema'.
-        ema = {} if state.ema is None else {"ema": ocp.args.StandardSave(state.ema)}
         self._manager.save(step, args=ocp.args.Composite(
-            model=ocp.args.StandardSave({"params": state.params,
-                                         "batch_stats": state.batch_stats}),
             train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state,
                                          "loss_scale": state.loss_scale,
                                          "good_steps": state.good_steps}),
-            meta=ocp.args.JsonSave(meta),
-            **ema,
+            **_model_items(state, meta),
         ))
 
     def latest_meta(self) -> dict:
@@ -123,13 +162,17 @@ class Checkpointer:
                 self._manager.delete(saved)
 
     def wait(self) -> None:
-        """Blocks until the last save is on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until the last saves are on disk."""
+        for manager in (self._manager, self._best):
+            if manager is not None:
+                manager.wait_until_finished()
 
     def close(self) -> None:
-        """Finishes pending saves and releases the manager."""
-        self._manager.wait_until_finished()
+        """Finishes pending saves and releases the managers."""
+        self.wait()
         self._manager.close()
+        if self._best is not None:
+            self._best.close()
 
 
 def _resolve(path: str):

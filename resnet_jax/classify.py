@@ -1,7 +1,8 @@
 """Top classes of images from a checkpoint: `python -m resnet_jax.classify --checkpoint DIR IMG`.
 
-DIR is a training workdir, its checkpoints folder, one step folder, or the
-output of `python -m resnet_jax.convert`. Images are preprocessed as the
+DIR is a training workdir (its latest checkpoint), its checkpoints folder, one
+step folder, WORKDIR/best (the best evaluation's checkpoint), or the output of
+`python -m resnet_jax.convert`. Images are preprocessed as the
 evaluation of the training config does (resize the shorter side, center
 crop, normalize; sizes from the checkpoint), by the same DALI pipeline.
 Class names come from the checkpoint: the folder names of the training data,
@@ -64,8 +65,8 @@ def main(argv=None) -> int:
         prog="python -m resnet_jax.classify",
         description="Prints the top classes of each image with their probabilities.")
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="a workdir, a checkpoints folder, a step folder, or a converted "
-                             "model's output folder")
+                        help="a workdir, a checkpoints folder, a step folder, WORKDIR/best "
+                             "(the best evaluation's), or a converted model's output folder")
     parser.add_argument("--precision", default="fp32", choices=precision_lib.PRECISIONS)
     parser.add_argument("--top", type=int, default=5, help="classes to print per image")
     parser.add_argument("--gpu", action="store_true", help="decode on the GPU (DALI mixed)")

@@ -24,7 +24,11 @@ MODES = ("train", "eval")
 # The optimizer's choices (resnet_jax/train/optimizer.py): when the warmup + cosine schedule
 # changes, and which parameters are decayed.
 SCHEDULE_UNITS = ("step", "epoch")
-WEIGHT_DECAY_RULES = ("kernels", "not_bn", "all")
+SCHEDULES = ("cosine", "polynomial")
+WEIGHT_DECAY_RULES = ("kernels", "not_bn", "all", "kernels_and_fc_bias")
+# 'sgd': PyTorch's SGD (the rate multiplies the momentum buffer); 'sgd_mxnet': MXNet's (the
+# rate is inside the buffer); 'lars': NVIDIA's MLPerf LARS (resnet_jax/train/optimizer.py).
+OPTIMIZERS = ("sgd", "sgd_mxnet", "lars")
 # The recipe files, beside the package in a checkout.
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -45,7 +49,13 @@ def defaults() -> ml_collections.ConfigDict:
     config.per_device_batch_size = 0
     config.num_epochs = 0
     config.warmup_epochs = 0
-    config.base_learning_rate = 0.0  # for a global batch of 256; scaled linearly
+    config.base_learning_rate = 0.0  # for learning_rate_batch_size images; scaled linearly
+    # The batch base_learning_rate is given for; the run's rate is scaled linearly from it to
+    # the optimizer batch. 0: base_learning_rate is the peak rate whatever the batch (LARS).
+    config.learning_rate_batch_size = 256
+    config.optimizer = "sgd"  # sgd | sgd_mxnet | lars
+    config.lars_eta = 0.001  # lars: the trust coefficient
+    config.lars_eps = 0.0  # lars: added to the trust ratio's denominator
     config.momentum = 0.0
     config.nesterov = False
     config.weight_decay = 0.0
@@ -56,8 +66,14 @@ def defaults() -> ml_collections.ConfigDict:
     # (NVIDIA's PyTorch lr_cosine_policy); warmup starts at 0 (MXNet) or one unit in (PyTorch).
     config.lr_schedule_unit = "step"
     config.warmup_from_zero = False
+    # After warmup: 'cosine' (NVIDIA's recipes) or 'polynomial' (MLPerf's LARS), from the peak
+    # to end_learning_rate; lr_decay_power is the polynomial's power.
+    config.lr_schedule = "cosine"
+    config.lr_decay_power = 2.0
+    config.end_learning_rate = 0.0
     config.label_smoothing = 0.0
     config.mixup_alpha = 0.0  # 0: off
+    config.mixup_per_sample = False  # one mixup weight per image (MXNet) or per device batch
     config.image_size = 0
     config.eval_resize_size = 0
     config.eval_image_size = 0
@@ -129,9 +145,18 @@ def defaults() -> ml_collections.ConfigDict:
     # writer needs) is then never loaded, which saves seconds at start and exit.
     config.tensorboard = True
     config.eval_every_epochs = 1
+    # Evaluate after epoch e (counted from 1) when e >= offset and (e - offset) is a multiple of
+    # eval_every_epochs, and after the last step. NVIDIA's MLPerf EVAL_OFFSET counts epochs
+    # from 0: its EVAL_OFFSET=2, EVAL_PERIOD=4 are eval_offset_epochs=3, eval_every_epochs=4.
+    config.eval_offset_epochs = 0
+    # Stop after the evaluation whose top-1 reaches this fraction (e.g. 0.759, MLPerf's), with
+    # a checkpoint and the time to it logged and recorded. 0: train to the last epoch.
+    config.target_top1 = 0.0
     config.checkpoint_every_epochs = 1
     config.keep_checkpoints = 3
-    config.checkpoint = ""  # eval: a checkpoint step folder or workdir; default: --workdir
+    # eval: a checkpoint step folder or workdir; default: --workdir. 'best': the workdir's
+    # best evaluation (WORKDIR/best, kept apart from the rotation of the latest checkpoints).
+    config.checkpoint = ""
     # train: start from these weights (fine-tuning; e.g. from python -m resnet_jax.convert).
     # A workdir that already has a checkpoint resumes from it instead.
     config.init_checkpoint = ""
@@ -139,8 +164,11 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 def recipe(name: str, preset: str | None = None) -> ml_collections.ConfigDict:
-    """The config of configs/<name>.py (an arch name or alias works), with an optional preset."""
-    path = os.path.join(CONFIGS_DIR, f"{models.canonical(name, flag='recipe')}.py")
+    """The config of configs/<name>.py (a recipe file's name, or an arch name or alias), with an
+    optional preset."""
+    path = os.path.join(CONFIGS_DIR, f"{name}.py")
+    if not os.path.isfile(path):
+        path = os.path.join(CONFIGS_DIR, f"{models.canonical(name, flag='recipe')}.py")
     spec = importlib.util.spec_from_file_location(f"resnet_jax_recipe_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -179,6 +207,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice("mode", config.mode, MODES)
     _choice("lr_schedule_unit", config.lr_schedule_unit, SCHEDULE_UNITS)
     _choice("weight_decay_rule", config.weight_decay_rule, WEIGHT_DECAY_RULES)
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    _choice("lr_schedule", config.lr_schedule, SCHEDULES)
     _choice("model.conv_init", config.model.conv_init, CONV_INITS)
     _choice("model.padding", config.model.padding, PADDINGS)
     for name in ("mean_rgb", "std_rgb"):
@@ -212,6 +242,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 <= config.ema_decay < 1:
         raise ConfigError(f"ema_decay={config.ema_decay} must be in [0, 1): 0 turns the EMA "
                           "off, NVIDIA's runs use e.g. 0.9999 (--config.ema_decay=0.9999)")
+    if not 0 <= config.target_top1 <= 1:
+        raise ConfigError(f"target_top1={config.target_top1} must be a fraction in [0, 1]: 0 "
+                          "trains to the last epoch, MLPerf's target is 0.759 "
+                          "(--config.target_top1=0.759)")
+    if config.eval_offset_epochs < 0:
+        raise ConfigError(f"eval_offset_epochs={config.eval_offset_epochs} must be 0 or more "
+                          "(--config.eval_offset_epochs=N)")
     if not 0 <= config.warmup_epochs < config.num_epochs:
         raise ConfigError(
             f"warmup_epochs={config.warmup_epochs} must be in [0, num_epochs={config.num_epochs})"
@@ -280,5 +317,8 @@ def eval_global_batch_size(config: ml_collections.ConfigDict, num_devices: int) 
 
 
 def learning_rate(config: ml_collections.ConfigDict, batch: int) -> float:
-    """Peak learning rate: base_learning_rate is for 256 images, scaled linearly."""
-    return config.base_learning_rate * batch / 256
+    """Peak learning rate: base_learning_rate is for learning_rate_batch_size images (256),
+    scaled linearly to `batch`; with learning_rate_batch_size 0 it is the peak as it is."""
+    if not config.learning_rate_batch_size:
+        return config.base_learning_rate
+    return config.base_learning_rate * batch / config.learning_rate_batch_size

@@ -17,6 +17,7 @@ triton: that graph in a Triton model repository, OUTPUT/NAME/1/model.onnx
 with OUTPUT/NAME/config.pbtxt (ONNX Runtime backend, dynamic batching, one
 GPU instance) and OUTPUT/NAME/labels.txt (the class names).
 `--ema` exports the checkpoint's moving average of the weights instead of the weights.
+`--checkpoint WORKDIR/best` exports the best evaluation's checkpoint of a training run.
 """
 
 import argparse
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
         prog="python -m resnet_jax.export",
         description="Writes a resnet_jax checkpoint's model for another framework.")
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="a training workdir, its checkpoints folder, or one step folder")
+                        help="a training workdir, its checkpoints folder, one step folder, or "
+                             "WORKDIR/best (the best evaluation's checkpoint)")
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="torch: a PyTorch state dict; onnx: an ONNX graph; triton: a "
                         "Triton model repository holding that graph")

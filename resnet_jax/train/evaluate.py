@@ -1,5 +1,7 @@
 """Evaluation: exact top-1/top-5 over a validation pass, and of a saved checkpoint (mode=eval)."""
 
+import os
+
 import jax
 import ml_collections
 
@@ -36,6 +38,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     if not path:
         raise ConfigError("mode=eval needs a checkpoint: pass --workdir of a training run or "
                           "--config.checkpoint=PATH")
+    if config.checkpoint == "best":
+        path = best_checkpoint(workdir)
     saved = checkpoint.Saved(path)
     _adopt_recorded(config, saved.meta, path)
     checkpoint.check_compatible(saved.meta, config, f"checkpoint {path!r}")
@@ -55,6 +59,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     reporting.log(f"eval of {path} (step {saved.step}, {config.arch}{which}): "
                   f"{format_eval(metrics)}")
     return metrics
+
+
+def best_checkpoint(workdir: str | None) -> str:
+    """WORKDIR/best, the best evaluation's checkpoint of the training run in `workdir`."""
+    if not workdir:
+        raise ConfigError("--config.checkpoint=best needs --workdir of a training run (or pass "
+                          "--config.checkpoint=WORKDIR/best)")
+    path = checkpoint.best_dir(workdir)
+    if not os.path.isdir(path):
+        raise ConfigError(f"--workdir {workdir!r} has no best checkpoint ({path!r}): a training "
+                          "run writes it at its first evaluation")
+    return path
 
 
 def _adopt_recorded(config: ml_collections.ConfigDict, meta: dict, path: str) -> None:

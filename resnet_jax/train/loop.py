@@ -29,13 +29,26 @@ def itstime(step: int, every_steps: int, total_steps: int) -> bool:
     return (every_steps > 0 and step % every_steps == 0) or step == total_steps
 
 
+def eval_due(step: int, steps_per_epoch: int, every_epochs: int, offset_epochs: int,
+             total_steps: int) -> bool:
+    """Whether an evaluation runs after `step`: at the end of epoch e (counted from 1) when
+    e >= offset_epochs and e - offset_epochs is a multiple of every_epochs (0: never), and
+    after the last step. Offset 0 evaluates every `every_epochs` epochs."""
+    if step == total_steps:
+        return True
+    if every_epochs <= 0 or step % steps_per_epoch:
+        return False
+    epoch = step // steps_per_epoch
+    return epoch >= offset_epochs and (epoch - offset_epochs) % every_epochs == 0
+
+
 def train_loop(run: TrainRun) -> dict:
-    """Trains `run` to its last step, evaluating, logging and checkpointing as configured.
+    """Trains `run` to its last step, evaluating, logging and checkpointing as configured;
+    with config.target_top1, stops after the evaluation that reaches it.
 
     Returns the last evaluation's metrics (empty without evaluation data).
     """
     config, state, total = run.config, run.state, run.total_steps
-    eval_every = config.eval_every_epochs * run.steps_per_epoch
     save_every = config.checkpoint_every_epochs * run.steps_per_epoch
     # Built once; batch g is the same whether the run started at 0 or resumed at g.
     batches = run.data.train(run.start_step)
@@ -47,15 +60,21 @@ def train_loop(run: TrainRun) -> dict:
             logged = itstime(step, config.log_every_steps, total)
             if logged:
                 outputs.log_progress(step)
-            if run.data.eval is not None and itstime(step, eval_every, total):
-                eval_metrics = outputs.evaluate(step, state)
-            if itstime(step, save_every, total):
+            if run.data.eval is not None and eval_due(step, run.steps_per_epoch,
+                                                      config.eval_every_epochs,
+                                                      config.eval_offset_epochs, total):
+                eval_metrics = outputs.evaluate(step, state)  # also checks target_top1
+            if itstime(step, save_every, total) or outputs.target_reached:
                 outputs.save(step, state)
+            if outputs.target_reached:  # every process evaluated the same: they stop together
+                break
             # Several processes stop together: they agree at logged steps.
             if stop.requested(collective=logged):
                 outputs.stop(step, state, stop.signal_name)
                 run.stopped_by = stop.signal_name
                 break
+        else:  # the last step ran
+            outputs.target_missed()
     run.state = state
     return eval_metrics
 
@@ -91,7 +110,13 @@ class RunOutputs:
         self.guard = NonFiniteGuard(
             self.config.max_nonfinite_steps if precision == "fp16" else 1, precision)
         self.history = []
-        self._first_step = run.start_step + 1
+        # The best evaluation so far; a resumed run goes on from its best checkpoint's.
+        best = self.ckpt.best_meta() if self.ckpt is not None else None
+        self.best = (best["eval_top1"], best["epoch"]) if best else None
+        self.target_reached = False
+        self._start_step = run.start_step  # read now: the train step donates run.state
+        self._first_step = self._start_step + 1
+        # The first training step starts now: the time to target counts from here.
         self._started = time.perf_counter()
 
     def __enter__(self):
@@ -135,9 +160,55 @@ class RunOutputs:
                                state.ema["batch_stats"], self.run.data.eval)
                 line += f" | EMA: {format_eval(ema)}"
                 metrics.update({f"{k}_ema": v for k, v in ema.items() if k != "images"})
-            self.writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+            line += self._keep_best(step, state, metrics["top1"])
+            self.writer.write_scalars(step, {**{f"eval/{k}": v for k, v in metrics.items()},
+                                             "eval/best_top1": self.best[0]})
             reporting.log(f"eval epoch {step // self.run.steps_per_epoch}: {line}")
+        self._check_target(step, metrics["top1"])
         return metrics
+
+    def _meta(self, step: int, **more) -> dict:
+        return {**self.run.meta, "epoch": step / self.run.steps_per_epoch,
+                "images_seen": step * self.run.train_batch, **more}
+
+    def _keep_best(self, step: int, state, top1: float) -> str:
+        """A better top-1 than any before: its model goes to WORKDIR/best. Returns the eval
+        line's ' | best top-1 so far ...'."""
+        if self.best is None or top1 > self.best[0]:
+            self.best = (top1, step / self.run.steps_per_epoch)
+            self.guard.check(step, self.ckpt)  # never a diverged model as the best
+            if self.ckpt is not None:
+                self.ckpt.save_best(state, self._meta(step, eval_top1=top1))
+        return f" | best top-1 so far {100 * self.best[0]:.2f}% (epoch {self.best[1]:g})"
+
+    def _check_target(self, step: int, top1: float) -> None:
+        """Whether this evaluation reached config.target_top1: the time to it, logged and
+        recorded (target/*), from the first training step to the end of this evaluation."""
+        target = self.config.target_top1
+        if not target or top1 < target:
+            return
+        self.target_reached = True
+        seconds = time.perf_counter() - self._started
+        epoch = step / self.run.steps_per_epoch
+        self.writer.write_scalars(step, {"target/reached": 1.0, "target/time_to_target_s": seconds,
+                                         "target/epoch": epoch, "target/top1": top1})
+        since = (f" (this process's, resumed at step {self._start_step})"
+                 if self._start_step else "")
+        reporting.log(f"target top-1 {100 * target:.2f}% reached at epoch {epoch:g} (top1 "
+                      f"{100 * top1:.2f}%): {seconds:.1f}s ({reporting.format_duration(seconds)}) "
+                      f"from the first training step{since} to the end of this evaluation; "
+                      f"stopping with a checkpoint")
+
+    def target_missed(self) -> None:
+        """The last step ran without reaching config.target_top1: says so."""
+        target = self.config.target_top1
+        if not target or self.run.data.eval is None:
+            return
+        best = (f"best top-1 {100 * self.best[0]:.2f}% at epoch {self.best[1]:g}"
+                if self.best else "no evaluation")
+        self.writer.write_scalars(self.run.total_steps, {"target/reached": 0.0})
+        reporting.log(f"target top-1 {100 * target:.2f}% not reached in "
+                      f"{self.config.num_epochs} epochs: {best}")
 
     def save(self, step: int, state) -> None:
         """Starts writing a checkpoint of `state` (after `step`), unless one already holds it."""
@@ -145,8 +216,7 @@ class RunOutputs:
         if self.ckpt.latest_step() == step:
             return
         with self.progress.pause(state):
-            self.ckpt.save(state, {**self.run.meta, "epoch": step / self.run.steps_per_epoch,
-                                   "images_seen": step * self.run.train_batch})
+            self.ckpt.save(state, self._meta(step))
 
     def stop(self, step: int, state, signal_name: str) -> None:
         """A stop signal: a checkpoint after `step`, on disk before the run returns."""

@@ -20,6 +20,7 @@ from resnet_jax import checkpoint, models, parallel, precision, reporting
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.data.source import Data, open_data
+from resnet_jax.errors import ConfigError
 from resnet_jax.train import optimizer
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
@@ -87,10 +88,13 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
     schedule = optimizer.schedule(peak_lr, warmup_epochs=config.warmup_epochs,
                                   num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
                                   unit=config.lr_schedule_unit,
-                                  warmup_from_zero=config.warmup_from_zero)
+                                  warmup_from_zero=config.warmup_from_zero,
+                                  decay=config.lr_schedule, end=config.end_learning_rate,
+                                  power=config.lr_decay_power)
     tx = optimizer.create(schedule, momentum=config.momentum, nesterov=config.nesterov,
                           weight_decay=config.weight_decay,
-                          weight_decay_rule=config.weight_decay_rule)
+                          weight_decay_rule=config.weight_decay_rule, kind=config.optimizer,
+                          lars_eta=config.lars_eta, lars_eps=config.lars_eps)
     model = models.build(config)
     replicated = parallel.replicated(mesh)
     state = jax.jit(
@@ -102,6 +106,7 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
     train_step = step_lib.make_train_step(
         model, tx, schedule, mesh, num_classes=config.num_classes,
         label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+        mixup_per_sample=config.mixup_per_sample,
         fp16=config.precision == "fp16",
         loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed,
         accumulation_steps=accumulation, ema_decay=config.ema_decay,
@@ -124,7 +129,7 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
         image_size=config.image_size, eval_resize_size=config.eval_resize_size,
         eval_image_size=config.eval_image_size, eval_antialias=config.eval_antialias,
         mean_rgb=config.mean_rgb, std_rgb=config.std_rgb, model_options=models.options(config),
-        precision=config.precision, ema_decay=config.ema_decay)
+        precision=config.precision, ema_decay=config.ema_decay, optimizer=config.optimizer)
     return TrainRun(config=config, workdir=workdir, mesh=mesh, data=data, state=state,
                     train_step=train_step, eval_step=eval_step, train_batch=train_batch,
                     accumulation=accumulation, peak_learning_rate=peak_lr,
@@ -150,6 +155,14 @@ def resume(ckpt: checkpoint.Checkpointer, state: state_lib.TrainState, config,
         return state
     saved = ckpt.latest_meta()
     checkpoint.check_compatible(saved, config, f"the checkpoint in {ckpt.directory!r}")
+    # The optimizers' states differ in layout and meaning; checkpoints written before the
+    # field was recorded were all 'sgd'.
+    trained_with = saved.get("optimizer", "sgd")
+    if trained_with != config.optimizer:
+        raise ConfigError(
+            f"the checkpoint in {ckpt.directory!r} was trained with optimizer={trained_with!r} "
+            f"but the config has optimizer={config.optimizer!r}: set "
+            f"--config.optimizer={trained_with} to resume it, or use another workdir")
     wants_ema = state.ema is not None
     state = ckpt.restore(state, sharding)
     if wants_ema and state.ema is None:

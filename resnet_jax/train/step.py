@@ -29,11 +29,18 @@ def cross_entropy(logits, targets):
     return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1))
 
 
-def mixup(rng, images, targets, alpha: float):
-    """Mixes each example with its mirror in the batch, weight ~ Beta(alpha, alpha)."""
-    lam = jax.random.beta(rng, alpha, alpha)
-    mixed = lam * images.astype(jnp.float32) + (1 - lam) * images[::-1].astype(jnp.float32)
-    return mixed.astype(images.dtype), lam * targets + (1 - lam) * targets[::-1]
+def mixup(rng, images, targets, alpha: float, per_sample: bool = False):
+    """Mixes each example with its mirror in the batch, weight ~ Beta(alpha, alpha): one
+    weight for the batch, or with `per_sample` one per example (MXNet's)."""
+    lam = jax.random.beta(rng, alpha, alpha, (images.shape[0],) if per_sample else ())
+
+    def weight(x):  # lam against every other axis of x
+        return lam.reshape(lam.shape + (1,) * (x.ndim - lam.ndim))
+
+    mixed = (weight(images) * images.astype(jnp.float32)
+             + (1 - weight(images)) * images[::-1].astype(jnp.float32))
+    return (mixed.astype(images.dtype),
+            weight(targets) * targets + (1 - weight(targets)) * targets[::-1])
 
 
 def all_finite(tree) -> jax.Array:
@@ -52,6 +59,7 @@ def keep_if_finite(finite, new, old):
 def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smoothing: float,
                     mixup_alpha: float, fp16: bool, loss_scale_growth_interval: int, seed: int,
                     accumulation_steps: int = 1, ema_decay: float = 0.0,
+                    mixup_per_sample: bool = False,
                     loss_scale_max: float = loss_scale_lib.MAX_LOSS_SCALE):
     """Returns `train_step(state, batch) -> (state, metrics)`, jitted, the state donated.
 
@@ -72,7 +80,7 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
         if mixup_alpha > 0:
             key = jax.random.fold_in(jax.random.fold_in(base_key, state.step),
                                      lax.axis_index(AXIS) * accumulation_steps + micro)
-            images, targets = mixup(key, images, targets, mixup_alpha)
+            images, targets = mixup(key, images, targets, mixup_alpha, mixup_per_sample)
 
         def scaled_loss(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
