@@ -8,11 +8,13 @@ Command (all local GPUs, ImageNet in DIR/train/<class>/*.JPEG and DIR/val/...):
 Presets: `configs/resnet50_v15.py:50`, `:90` (default), `:250` (mixup 0.2).
 
 Recipe: batch 192 per GPU; learning rate 0.256 per 256 images, scaled
-linearly (1.536 on 8 GPUs); SGD momentum 0.875; weight decay 1/32768 on every
-parameter; label smoothing 0.1; 5 warmup epochs from zero, then cosine decay to
-zero, the rate set every step; random-resized-crop 224 (10 draws, antialiased
-resize) + flip; eval resize 256, center crop 224; Xavier init, zero gamma and
-zero running variance on each block's last BN; MXNet's RGB mean and std.
+linearly (1.536 on 8 GPUs); SGD momentum 0.875 in MXNet's form (the rate
+inside the momentum buffer); weight decay 1/32768 on every parameter; label
+smoothing 0.1 (mixup drawn per image in the 250-epoch preset); 5 warmup
+epochs from zero, then cosine decay towards zero, the rate set every step;
+random-resized-crop 224 (10 draws, antialiased resize) + flip; eval resize
+256, center crop 224; Xavier init, zero gamma and zero running variance on
+each block's last BN; MXNet's RGB mean and std.
 
 Every value follows NVIDIA's MXNet implementation
 (DeepLearningExamples/MxNet/Classification/RN50v1.5 at commit 729963dd, "MXNet"
@@ -52,6 +54,9 @@ def get_config(preset: str | None = None):
     config.base_learning_rate = 0.256
     config.momentum = 0.875  # MXNet fit.py:128
     config.nesterov = False  # MXNet fit.py:126, plain 'sgd'
+    # MXNet's 'sgd' (sgd_mom_update): v = m*v - lr*(g + wd*w); w += v, the rate inside the
+    # momentum buffer (the audit; MXNet's SGD docstring gives this update).
+    config.optimizer = "sgd_mxnet"
     config.weight_decay = 3.0517578125e-05  # 1/32768, MXNet fit.py:130
     # MXNet fit.py:548-552 hands wd to Gluon's Trainer with no wd_mult anywhere: every
     # parameter is decayed (its README:76 says BN gamma/beta are not; the code decides).
@@ -67,6 +72,9 @@ def get_config(preset: str | None = None):
     # --- loss ----------------------------------------------------------------------------
     config.label_smoothing = 0.1  # MXNet fit.py:132
     config.mixup_alpha = 0.0  # MXNet fit.py:134; the 250-epoch preset uses 0.2 (README:621)
+    # MXNet draws mixup's weight per image, not per batch (the line-by-line audit of
+    # NVIDIA's MXNet code; its line was not checked here).
+    config.mixup_per_sample = True
 
     # --- images: random-resized crop + flip; eval resize, center crop -----------------------
     config.image_size = 224  # MXNet runner:55

@@ -9,11 +9,12 @@ Presets: `configs/se_resnext101_32x4d.py:90` (default), `:250` (mixup 0.2).
 
 Recipe: ResNeXt101-32x4d's (configs/resnext101_32x4d.py), value for value, as
 NVIDIA trains both; only the network differs. NVIDIA's DGX-A100 settings:
-batch 128 per GPU (1,024 on 8 GPUs); learning rate 0.256 per 256 images,
-scaled linearly (1.024 on 8 GPUs); SGD momentum 0.875; weight decay
-6.103515625e-05 (1/16384) on conv/dense kernels; label smoothing 0.1; 8
-warmup epochs then cosine decay to zero; random-resized-crop 224 + flip; eval
-resize 256, center crop 224.
+batch 128 per GPU; an optimizer batch of 1,024 on any GPU count (gradients
+accumulated on fewer than 8) and so learning rate 1.024; SGD momentum 0.875;
+weight decay 6.103515625e-05 (1/16384) on every parameter whose PyTorch name
+lacks "bn"; label smoothing 0.1; 8 warmup epochs then cosine decay, set once
+per epoch; random-resized-crop 224 (10 draws, antialiased) + flip; eval
+resize 256 (antialiased), center crop 224.
 
 Model: NVIDIA's SE-ResNeXt101-32x4d: ResNeXt101-32x4d with a
 squeeze-and-excitation gate in every block (global average pool, linear
