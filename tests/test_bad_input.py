@@ -3,18 +3,18 @@
 Most cases call the functions that `python -m resnet_jax.main` calls (config
 checks, folder scanning, `open_data`) and check the ConfigError's text, which
 `main` prints as `error: <text>` with exit code 2. A few representative cases
-run the command itself (tiny model, DALI on the CPU, a controlled and noisy
-environment: see conftest.py), on a workdir that already holds a checkpoint,
-which must stay as it was; what the user sees is exactly one line. Odd but
-valid images (CMYK, grayscale, a PNG named .JPEG, bytes after a JPEG's end)
-must simply work.
+go through what `main` runs (errors.exit_code over the training or the eval)
+on a workdir that the command itself trained, which must stay as it was
+(test_end_to_end checks on the command that such a line is all a user sees).
+Odd but valid images (CMYK, grayscale, a PNG named .JPEG, bytes after a JPEG's
+end) must simply work: the command trains and evaluates on them.
 """
 
 import io
 import os
 import re
 
-from conftest import error_line, run_main
+from conftest import run_main, tiny_config
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -25,7 +25,7 @@ from resnet_jax import config as config_lib
 from resnet_jax.data import dali, folders
 from resnet_jax.data.demo import make_demo_dataset
 from resnet_jax.data.source import open_data
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, exit_code
 
 # --- image files -----------------------------------------------------------------------------
 
@@ -134,15 +134,7 @@ def _one_line(error) -> str:
 
 
 def _config(data_root: str, **fields) -> ml_collections.ConfigDict:
-    config = config_lib.recipe("resnet50_v15")
-    config.arch, config.num_classes = "resnet_tiny", 3
-    config.image_size, config.eval_resize_size, config.eval_image_size = 32, 36, 32
-    config.per_device_batch_size = 1
-    config.data.root, config.data.backend, config.data.num_threads = data_root, "dali_cpu", 1
-    for name, value in fields.items():
-        parent, _, key = name.rpartition("__")
-        (config[parent] if parent else config)[key] = value
-    return config
+    return tiny_config(data_root, **{"per_device_batch_size": 1, **fields})
 
 
 def _open_data(config, *, with_train=True):
@@ -176,28 +168,6 @@ def test_layout_errors_name_the_folder_and_the_fix(tmp_path):
     data = _open_data(_config(str(tmp_path / "four"), num_classes=4))
     assert data.num_train_images == 8 and data.class_names == ["a", "b", "c", "d"]
     assert _open_data(_config(str(tmp_path / "no_train")), with_train=False).eval.num_images == 6
-
-
-def test_bad_config_values_name_the_value_and_the_fix(tmp_path):
-    tmp = re.escape(str(tmp_path))
-    cases = [
-        ({"arch": "resnet51"}, r"arch 'resnet51' is not supported: use one of resnet50_v15, "
-                               r".* or NVIDIA's names \(resnet50 = resnet50_v15, .*\) "
-                               r"\(--config.arch=NAME\)"),
-        ({"precision": "fp8"}, r"precision 'fp8' is not supported: use one of fp32, tf32, bf16, "
-                               r"fp16 \(--config.precision=...\)"),
-        ({"data__backend": "pil"}, r"data.backend 'pil' is not supported: use one of dali_gpu, "
-                                   r"dali_cpu, synthetic \(--config.data.backend=...\)"),
-        ({"mode": "test"}, r"mode 'test' is not supported: use one of train, eval"),
-        ({"data__root": ""}, r"data.root is not set: pass --config.data.root=DIR"),
-        ({"data__root": str(tmp_path / "nowhere")},
-         rf"data.root '{tmp}/nowhere' does not exist: pass --config.data.root=DIR"),
-    ]
-    config_lib.validate(_config(str(tmp_path)))
-    for fields, pattern in cases:
-        with pytest.raises(ConfigError, match=pattern) as error:
-            config_lib.validate(_config(str(tmp_path), **fields))
-        _one_line(error)
 
 
 def test_batch_that_the_devices_do_not_divide_stops_before_the_workdir(tmp_path):
@@ -300,11 +270,24 @@ def test_skip_bad_images_still_needs_one_image_per_class(tmp_path):
 
 
 # --- the command line ------------------------------------------------------------------------
+# One run of the command (`trained`); the bad input after it goes through what `main` runs,
+# in this process: errors.exit_code over train_and_evaluate or evaluate_checkpoint.
+# test_end_to_end checks, on the command itself, that such an error is all a user sees.
+
+ONE_EPOCH = ("--config.num_epochs=1", "--config.warmup_epochs=0")
 
 
-def _run(workdir, data_root, *overrides):
-    return run_main(workdir, data_root, "--config.num_epochs=1", "--config.warmup_epochs=0",
-                    *overrides)
+def _main_error(capsys, mode, config, workdir) -> str:
+    """The `error: ...` line that `main` prints for `config` (and exit code 2)."""
+    from resnet_jax.train import evaluate, loop
+
+    body = loop.train_and_evaluate if mode == "train" else evaluate.evaluate_checkpoint
+    capsys.readouterr()
+    assert exit_code(body, config, None if workdir is None else str(workdir)) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert captured.out == "" and len(errors) == 1, captured
+    return errors[0]
 
 
 def _snapshot(workdir) -> dict:
@@ -343,7 +326,7 @@ def odd_root(tmp_path_factory):
 def trained(tmp_path_factory, odd_root):
     """A 1-epoch run of the command on odd_root with skip_bad_images: (workdir, output)."""
     workdir = str(tmp_path_factory.mktemp("run") / "run")
-    result = _run(workdir, odd_root, "--config.data.skip_bad_images=true")
+    result = run_main(workdir, odd_root, *ONE_EPOCH, "--config.data.skip_bad_images=true")
     assert result.returncode == 0, result.output
     return workdir, result.output
 
@@ -362,12 +345,13 @@ def test_cmyk_grayscale_and_png_images_train_and_evaluate(trained, odd_root):
             "n0000_circle/download.JPEG: not a JPEG, PNG, BMP, TIFF or WebP file" in output)
 
 
-def test_cli_unreadable_image_names_it_and_keeps_the_workdir(trained, odd_root):
+def test_unreadable_image_names_it_and_keeps_the_workdir(trained, odd_root, capsys):
     workdir, _ = trained
     before = _snapshot(workdir)
     assert any(name.startswith("checkpoints/4/") for name in before)
-    result = _run(workdir, odd_root, "--config.num_epochs=2")
-    assert error_line(result).startswith(
+    config = tiny_config(odd_root, num_epochs=2, warmup_epochs=0)
+    line = _main_error(capsys, "train", config, workdir)
+    assert line.startswith(
         f"error: image file '{odd_root}/train/n0000_circle/download.JPEG' is unreadable: not a "
         "JPEG, PNG, BMP, TIFF or WebP file (it starts with b'<html><b'); 1 more unreadable file "
         f"in '{odd_root}/train': delete or replace them, or pass "
@@ -375,13 +359,12 @@ def test_cli_unreadable_image_names_it_and_keeps_the_workdir(trained, odd_root):
     assert _snapshot(workdir) == before
 
 
-def test_cli_checkpoint_of_another_arch_names_both(trained, odd_root, tmp_path):
+def test_checkpoint_of_another_arch_names_both(trained, odd_root, tmp_path, capsys):
     workdir, _ = trained
     before = _snapshot(workdir)
-    result = _run(tmp_path / "eval", odd_root, "--config.mode=eval",
-                     "--config.arch=resnet50_v15", f"--config.checkpoint={workdir}",
-                     "--config.data.skip_bad_images=true")
-    assert error_line(result) == (
+    config = tiny_config(odd_root, mode="eval", arch="resnet50_v15", checkpoint=workdir,
+                         data__skip_bad_images=True)
+    assert _main_error(capsys, "eval", config, tmp_path / "eval") == (
         f"error: checkpoint '{workdir}' holds arch='resnet_tiny' but the config has "
         "arch='resnet50_v15': set --config.arch='resnet_tiny', or use another workdir or "
         "checkpoint")
@@ -389,18 +372,18 @@ def test_cli_checkpoint_of_another_arch_names_both(trained, odd_root, tmp_path):
     assert not os.path.exists(tmp_path / "eval")
 
 
-def test_cli_workdir_under_a_file_names_it(tmp_path, odd_root):
+def test_workdir_under_a_file_names_it(tmp_path, odd_root, capsys):
     (tmp_path / "a_file").write_text("not a folder")
-    result = _run(tmp_path / "a_file" / "run", odd_root, "--config.data.skip_bad_images=true")
-    assert error_line(result) == (
+    config = tiny_config(odd_root, data__skip_bad_images=True)
+    assert _main_error(capsys, "train", config, tmp_path / "a_file" / "run") == (
         f"error: --workdir '{tmp_path}/a_file/run' is under the file '{tmp_path}/a_file', not a "
         "folder: pass --workdir=DIR of a new folder or of an earlier run's folder")
     assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
-def test_cli_missing_data_root_is_one_line(tmp_path):
-    result = _run(tmp_path / "run", tmp_path / "nowhere")
-    assert error_line(result) == (
+def test_missing_data_root_is_one_line(tmp_path, capsys):
+    config = tiny_config(str(tmp_path / "nowhere"))
+    assert _main_error(capsys, "train", config, tmp_path / "run") == (
         f"error: data.root '{tmp_path}/nowhere' does not exist: pass --config.data.root=DIR "
         "with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG")
     assert not os.path.exists(tmp_path / "run")

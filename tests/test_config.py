@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import re
 
 import ml_collections
 import pytest
@@ -32,6 +33,7 @@ def test_resnet50_recipe_values_are_nvidias_mxnet():
     # NVIDIA's MXNet code, value for value (see the config's comments).
     assert (config.lr_schedule_unit, config.warmup_from_zero) == ("step", True)
     assert config.weight_decay_rule == "all"
+    assert config.optimizer == "sgd_mxnet" and config.mixup_per_sample
     assert (config.model.conv_init, config.model.zero_init_last_bn,
             config.model.zero_var_last_bn) == ("mxnet", True, True)
     assert (config.crop_attempts, config.train_antialias, config.eval_antialias) == (10, True, True)
@@ -59,7 +61,14 @@ def test_resnext_recipes_are_nvidias(recipe):
     assert config_lib.learning_rate(config, 8 * 128) == pytest.approx(1.024)
     # NVIDIA's PyTorch code, value for value (see the config's comments).
     assert (config.lr_schedule_unit, config.warmup_from_zero) == ("epoch", False)
-    assert config.weight_decay_rule == "not_bn" and config.eval_antialias is False
+    assert config.weight_decay_rule == "not_bn" and config.optimizer == "sgd"
+    # data_backend pytorch: torchvision's crop (10 draws) and PIL's resizes, antialiased.
+    assert (config.crop_attempts, config.train_antialias, config.eval_antialias) == (10, True, True)
+    # NVIDIA's optimizer batch of 1,024 and lr 1.024 on any GPU count up to 8.
+    for gpus, steps in ((8, 1), (4, 2), (1, 8)):
+        assert config_lib.accumulation_steps(config, gpus) == steps
+        assert config_lib.learning_rate(
+            config, config_lib.optimizer_batch_size(config, gpus)) == pytest.approx(1.024)
     assert (config.loss_scale_init, config.loss_scale_growth_interval) == (128.0, 100)
     assert (config.model.conv_init, config.model.zero_init_last_bn) == ("fan_in", False)
     long = _load("250", recipe)
@@ -97,9 +106,12 @@ def _valid(tmp_path) -> ml_collections.ConfigDict:
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("arch", "resnet51", r"arch 'resnet51' is not supported: use one of resnet50_v15"),
-    ("precision", "fp8", r"precision 'fp8' is not supported: use one of fp32, tf32, bf16, fp16"),
-    ("data.backend", "pil", r"data.backend 'pil' is not supported: use one of dali_gpu"),
+    ("arch", "resnet51", r"arch 'resnet51' is not supported: use one of resnet50_v15, .* or "
+     r"NVIDIA's names \(resnet50 = resnet50_v15, .*\) \(--config.arch=NAME\)"),
+    ("precision", "fp8", r"precision 'fp8' is not supported: use one of fp32, tf32, bf16, fp16 "
+     r"\(--config.precision=...\)"),
+    ("data.backend", "pil", r"data.backend 'pil' is not supported: use one of dali_gpu, "
+     r"dali_cpu, synthetic \(--config.data.backend=...\)"),
     ("mode", "test", r"mode 'test' is not supported: use one of train, eval"),
     ("lr_schedule_unit", "iter", r"lr_schedule_unit 'iter' is not supported: use one of step, "
      r"epoch"),
@@ -123,15 +135,17 @@ def test_bad_choice_names_value_and_fix(tmp_path, field, value, message):
     config = _valid(tmp_path)
     parent, _, name = field.rpartition(".")
     (config[parent] if parent else config)[name] = value
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         config_lib.validate(config)
+    assert "\n" not in str(error.value)  # `main` prints it as one line, `error: ...`
 
 
 def test_missing_or_unset_data_root_names_it(tmp_path):
     config = _valid(tmp_path)
     config_lib.validate(config)
     config.data.root = str(tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match=r"data.root '.*nowhere' does not exist"):
+    with pytest.raises(ConfigError, match=rf"data.root '{re.escape(str(tmp_path))}/nowhere' does "
+                                          r"not exist: pass --config.data.root=DIR"):
         config_lib.validate(config)
     config.data.root = ""
     with pytest.raises(ConfigError, match=r"data.root is not set: pass --config.data.root=DIR"):

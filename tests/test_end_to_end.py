@@ -2,7 +2,8 @@
 
 Runs `python -m resnet_jax.main` as a user would (conftest.py: 2 simulated CPU
 devices, a controlled environment), with the tiny model, and checks what it
-writes and prints.
+writes and prints; and, once, that bad input is one line `error: ...` on the
+command itself (the other bad inputs: test_bad_input and test_config, in-process).
 """
 
 import glob
@@ -11,7 +12,7 @@ import os
 import re
 import sys
 
-from conftest import error_line, run, run_main
+from conftest import error_line, run, run_main, tiny_config
 import numpy as np
 import pytest
 
@@ -21,10 +22,8 @@ def data_root(demo_root):
     return demo_root
 
 
-def _run(workdir, data_root, *overrides):
-    result = run_main(workdir, data_root, "--config.warmup_epochs=1",
-                      "--config.log_every_steps=2", *overrides)
-    return result, result.output
+# Every run of this module: warmup over the first epoch, a progress line every 2 steps.
+RUN = ("--config.warmup_epochs=1", "--config.log_every_steps=2")
 
 
 def _only_own_lines(result):
@@ -48,11 +47,16 @@ def _records(workdir):
         return [json.loads(line) for line in f]
 
 
-def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path, data_root):
+def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path, data_root,
+                                                                       capsys):
+    from resnet_jax.errors import exit_code
+    from resnet_jax.train import evaluate
+
     workdir = str(tmp_path / "run")
-    result, output = _run(workdir, data_root, "--config.num_epochs=2", "--config.precision=fp16",
-                          "--config.tensorboard=true")
-    assert result.returncode == 0, output
+    result = run_main(workdir, data_root, *RUN, "--config.num_epochs=2", "--config.precision=fp16",
+                      "--config.tensorboard=true")
+    assert result.returncode == 0, result.output
+    output = result.output
     # 33 images, global batch 8 (2 devices x 4): 4 steps per epoch.
     assert "4 steps/epoch" in output and "img/s" in output and "ETA" in output
     _only_own_lines(result)
@@ -68,14 +72,16 @@ def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path,
     assert all(r["eval/images"] == 15 for r in evals)  # every val image, exactly once
 
     # Resuming it as another arch is refused, with one line, before anything changes.
-    result, _ = _run(workdir, data_root, "--config.num_epochs=3", "--config.arch=resnet50_v15")
+    result = run_main(workdir, data_root, *RUN, "--config.num_epochs=3",
+                      "--config.arch=resnet50_v15")
     assert "holds arch='resnet_tiny' but the config has arch='resnet50_v15'" in error_line(result)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
 
     # Resumed with an EMA of the weights, which the checkpoint does not have yet.
-    result, output = _run(workdir, data_root, "--config.num_epochs=3", "--config.precision=fp16",
-                          "--config.ema_decay=0.9")
-    assert result.returncode == 0, output
+    result = run_main(workdir, data_root, *RUN, "--config.num_epochs=3", "--config.precision=fp16",
+                      "--config.ema_decay=0.9")
+    assert result.returncode == 0, result.output
+    output = result.output
     assert "resumed from" in output and "at step 8" in output
     assert "checkpoint 8 has no EMA of the weights: it starts from them now" in output
     assert "eval epoch 3: top1" in output and " | EMA: top1 " in output
@@ -84,41 +90,45 @@ def test_train_writes_logs_and_checkpoints_then_resumes_then_evaluates(tmp_path,
     assert "12" in os.listdir(os.path.join(workdir, "checkpoints"))
 
     # Evaluated in the precision it was trained and evaluated in, the result is the same.
-    result, output = _run(workdir, data_root, "--config.mode=eval", "--config.precision=fp16")
-    assert result.returncode == 0, output
+    result = run_main(workdir, data_root, *RUN, "--config.mode=eval", "--config.precision=fp16")
+    assert result.returncode == 0, result.output
+    output = result.output
     _only_own_lines(result)
     assert len(result.stderr.splitlines()) == 1  # the result, one line
     assert "(step 12, resnet_tiny)" in output and "on 15 images" in output
     last_eval = [r for r in _records(workdir) if "eval/top1" in r][-1]
     assert f"top1 {100 * last_eval['eval/top1']:.2f}%" in output
     # The moving average, evaluated from the checkpoint: what the training's eval found.
-    result, output = _run(workdir, data_root, "--config.mode=eval", "--config.precision=fp16",
-                          "--config.eval_ema=true")
-    assert result.returncode == 0, output
+    result = run_main(workdir, data_root, *RUN, "--config.mode=eval", "--config.precision=fp16",
+                      "--config.eval_ema=true")
+    assert result.returncode == 0, result.output
+    output = result.output
     assert "(step 12, resnet_tiny, EMA of the weights)" in output
     assert f"top1 {100 * last_eval['eval/top1_ema']:.2f}%" in output
 
     # An older checkpoint, named by its step folder, from outside the workdir.
     step_8 = os.path.join(workdir, "checkpoints", "8")
-    result, output = _run(str(tmp_path / "elsewhere"), data_root, "--config.mode=eval",
-                          "--config.precision=fp16", f"--config.checkpoint={step_8}")
-    assert result.returncode == 0, output
+    result = run_main(str(tmp_path / "elsewhere"), data_root, *RUN, "--config.mode=eval",
+                      "--config.precision=fp16", f"--config.checkpoint={step_8}")
+    assert result.returncode == 0, result.output
+    output = result.output
     assert "(step 8, resnet_tiny)" in output
-    result, _ = _run(str(tmp_path / "elsewhere"), data_root, "--config.mode=eval",
-                     f"--config.checkpoint={step_8}", "--config.eval_ema=true")
-    assert "(step 8) holds no EMA of the weights: drop the EMA option" in error_line(result)
+    # Its moving average, which it does not have: what `main` runs, in this process.
+    config = tiny_config(data_root, mode="eval", checkpoint=step_8, eval_ema=True)
+    capsys.readouterr()
+    assert exit_code(evaluate.evaluate_checkpoint, config, str(tmp_path / "elsewhere")) == 2
+    assert ("(step 8) holds no EMA of the weights: drop the EMA option"
+            in capsys.readouterr().err.splitlines()[-1])
     eval_at_8 = [r for r in _records(workdir) if "eval/top1" in r][1]
     assert eval_at_8["step"] == 8
     assert f"top1 {100 * eval_at_8['eval/top1']:.2f}%" in output
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.arch=resnet51", "error: arch 'resnet51' is not supported: use one of"),
-    ("--config.num_epoch=5", "error: unknown config field 'num_epoch' Did you mean \"num_epochs\""),
-])
-def test_bad_value_stops_with_one_line_and_nonzero_exit(tmp_path, data_root, override, message):
-    result, _ = _run(str(tmp_path / "run"), data_root, override)
-    assert error_line(result).startswith(message)
+def test_unknown_config_field_stops_with_one_line_and_nonzero_exit(tmp_path, data_root):
+    # The command's own flag parsing (main.parse_flags), before any of the run.
+    result = run_main(str(tmp_path / "run"), data_root, *RUN, "--config.num_epoch=5")
+    assert error_line(result).startswith(
+        "error: unknown config field 'num_epoch' Did you mean \"num_epochs\"")
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -145,13 +155,13 @@ def test_converted_weights_evaluate_classify_and_fine_tune(tmp_path, data_root):
     from resnet_jax.data import MEAN_RGB, folders
 
     converted = _convert_tiny_torch_model(tmp_path, 3, "three")
-    sizes = ("--config.image_size=32", "--config.eval_resize_size=36")
     # classify reads the eval sizes from the checkpoint (crop 224 of 256 for converted
     # weights): an eval at those sizes must find the same top-1.
-    result, output = _run(str(tmp_path / "eval"), data_root, "--config.mode=eval",
-                          "--config.precision=fp32", f"--config.checkpoint={converted}",
-                          "--config.eval_resize_size=256", "--config.eval_image_size=224")
-    assert result.returncode == 0, output
+    result = run_main(str(tmp_path / "eval"), data_root, *RUN, "--config.mode=eval",
+                      "--config.precision=fp32", f"--config.checkpoint={converted}",
+                      "--config.eval_resize_size=256", "--config.eval_image_size=224")
+    assert result.returncode == 0, result.output
+    output = result.output
     assert "on 15 images" in output
     # The converted weights expect ImageNet's normalization, not the recipe's (MXNet's).
     assert f"mean_rgb={tuple(MEAN_RGB)} as checkpoint {converted!r} records" in output
@@ -182,8 +192,9 @@ def test_converted_weights_evaluate_classify_and_fine_tune(tmp_path, data_root):
     convert.write_checkpoint(five, "resnet_tiny",
                              torch_interop.torch_to_flax("resnet_tiny", model.state_dict()),
                              source="test")
-    result, output = _run(str(tmp_path / "finetune"), data_root, *sizes,
-                          f"--config.init_checkpoint={five}", "--config.num_epochs=1",
-                          "--config.warmup_epochs=0")
-    assert result.returncode == 0, output
+    result = run_main(str(tmp_path / "finetune"), data_root, *RUN,
+                      f"--config.init_checkpoint={five}", "--config.num_epochs=1",
+                      "--config.warmup_epochs=0")
+    assert result.returncode == 0, result.output
+    output = result.output
     assert "all but fc (new fc for 3 classes, was 5)" in output

@@ -12,7 +12,7 @@ import signal
 import sys
 import textwrap
 
-from conftest import assert_same_variables, final_variables, main_command, run, start
+from conftest import assert_tree_equal, final_variables, main_command, run, start
 import numpy as np
 import pytest
 
@@ -37,8 +37,7 @@ def _command(workdir, data_root, *overrides):
 
 
 def _run(workdir, data_root, *overrides):
-    result = run(_command(workdir, data_root, *overrides))
-    return result, result.output
+    return run(_command(workdir, data_root, *overrides))
 
 
 def _run_until_step(workdir, data_root, step, sig):
@@ -64,18 +63,19 @@ def _final(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_root):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result, output = _run(workdir, data_root)
-    assert result.returncode == 0, output
+    result = _run(workdir, data_root)
+    assert result.returncode == 0, result.output
+    output = result.output
     assert f"step {TOTAL_STEPS}/{TOTAL_STEPS}" in output
-    # --config.tensorboard=false (conftest.TINY): metrics.jsonl alone.
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "metrics.jsonl"]
+    # --config.tensorboard=false (conftest.TINY): metrics.jsonl alone (best/: the best eval).
+    assert sorted(os.listdir(workdir)) == ["best", "checkpoints", "metrics.jsonl"]
     return _final(workdir), workdir
 
 
 def _assert_identical(got, want):
     assert got[0] == want[0] == TOTAL_STEPS
-    assert_same_variables(got[1], want[1])
-    assert_same_variables(got[2], want[2])  # the EMA too
+    assert_tree_equal(got[1], want[1])
+    assert_tree_equal(got[2], want[2])  # the EMA too
 
 
 def _committed_steps(workdir):
@@ -103,8 +103,9 @@ def test_sigterm_then_sigkill_then_restart_ends_identical(tmp_path, data_root, u
     assert f"at step {stopped_at}" in output
     latest = _committed_steps(workdir)[-1]  # an async save may not have finished
 
-    result, output = _run(workdir, data_root)
-    assert result.returncode == 0, output
+    result = _run(workdir, data_root)
+    assert result.returncode == 0, result.output
+    output = result.output
     assert f"at step {latest}" in output, (kill_at, latest, output)
     _assert_identical(_final(workdir), uninterrupted[0])
 
@@ -141,9 +142,10 @@ def test_resume_with_another_batch_then_a_diverging_run_stops(tmp_path, data_roo
     for later in ("8", "12"):
         shutil.rmtree(workdir / "checkpoints" / later)
     # Twice the batch: 16 images a step, 2 steps per epoch; 4 steps of 8 = 2 steps of 16.
-    result, output = _run(workdir, data_root, "--config.per_device_batch_size=8",
-                          "--config.num_epochs=2")
-    assert result.returncode == 0, output
+    result = _run(workdir, data_root, "--config.per_device_batch_size=8",
+                  "--config.num_epochs=2")
+    assert result.returncode == 0, result.output
+    output = result.output
     assert "step 4 becomes step 2, after the same 32 images" in output
     assert "at step 2 (epoch 1.00)" in output
     before = _final(workdir)
@@ -151,9 +153,10 @@ def test_resume_with_another_batch_then_a_diverging_run_stops(tmp_path, data_roo
 
     # Back to batch 8 (step 8), with a learning rate that soon overflows every step:
     # fp16 skips those steps, and 3 in a row stop the run before the next checkpoint.
-    result, output = _run(workdir, data_root, "--config.base_learning_rate=1e30",
-                          "--config.precision=fp16", "--config.max_nonfinite_steps=3")
-    assert result.returncode == 3, output
+    result = _run(workdir, data_root, "--config.base_learning_rate=1e30",
+                  "--config.precision=fp16", "--config.max_nonfinite_steps=3")
+    assert result.returncode == 3, result.output
+    output = result.output
     assert "step 4 becomes step 8, after the same 64 images" in output
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: 3 training step(s) in a row up to step")
@@ -161,7 +164,7 @@ def test_resume_with_another_batch_then_a_diverging_run_stops(tmp_path, data_roo
     assert "the last checkpoint (step 8) is intact" in error
     after = _final(workdir)
     assert after[0] == 8
-    assert_same_variables(after[1], before[1])
+    assert_tree_equal(after[1], before[1])
 
 
 def test_non_finite_guard_counts_steps_in_a_row():

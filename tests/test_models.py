@@ -68,9 +68,11 @@ def test_resnet50_logits_shape_and_v15_stride_on_3x3():
 
 def test_params_fp32_and_compute_in_half_precision():
     model = models.create("resnet_tiny", num_classes=7, dtype=jnp.float16)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    # Jitted: run op by op, a fresh machine would compile each operation alone (~20 s).
+    variables = jax.jit(lambda: models.init_variables(model, jax.random.key(0), 32))()
     assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-    logits = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables,
+                                                                 jnp.ones((2, 32, 32, 3)))
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
     assert np.all(np.isfinite(logits))
 
@@ -95,7 +97,7 @@ def test_se_gate_init_follows_its_source():
     are convolutions with the network's Kaiming init and zero biases."""
     def gate(**se):
         model = models.create("resnet_tiny", num_classes=3, **se)
-        params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+        params = jax.jit(lambda: models.init_variables(model, jax.random.key(0), 32))()
         return params["params"]["layer4_0"]["se"]  # 64 channels
 
     nvidia = gate(se_hidden=16)
