@@ -5,6 +5,8 @@ import os
 import shutil
 import signal
 import struct
+import threading
+import time
 
 from conftest import assert_same_variables, error_line, final_variables, main_command, run, start
 import jax
@@ -14,7 +16,7 @@ import pytest
 from resnet_jax.data import dali, folders, pack, records
 from resnet_jax.errors import ConfigError
 
-FORMATS = ["recordio"]
+FORMATS = ["recordio", "tfrecord", "webdataset"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,8 @@ def packed(demo_root, tmp_path_factory):
     out = {}
     for fmt in FORMATS:
         root = str(tmp_path_factory.mktemp(fmt))
-        pack.pack(demo_root, fmt, root, shards=3, processes=1, log=lambda _: None)
+        pack.pack(demo_root, fmt, root, shards=3 if fmt != "tfrecord" else 8, processes=1,
+                  log=lambda _: None)
         out[fmt] = root
     return out
 
@@ -97,6 +100,62 @@ def test_recordio_records_cut_at_the_magic_number_read_back_whole(tmp_path):
     assert [np.asarray(jpegs[i]).tobytes() for i in range(3)] == payloads
 
 
+def test_tfrecord_is_tf_slims_and_tensorflow_and_dali_read_it(demo_root, packed):
+    """TF-slim's features (labels 1-based), read by TensorFlow's own parser and by
+    fn.readers.tfrecord with the .idx files pack writes beside the shards."""
+    from nvidia.dali import fn, pipeline_def, tfrecord
+    import tensorflow as tf
+
+    split = folders.scan_split(demo_root, "train")
+    shards = records.split_files(packed["tfrecord"], "tfrecord", "train")
+    assert [os.path.basename(p) for p in shards] == [f"train-{i:05d}-of-00008"
+                                                      for i in range(8)]
+    features = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
+                "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+                "image/class/synset": tf.io.FixedLenFeature([], tf.string)}
+    parsed = [tf.io.parse_single_example(record, features)
+              for record in tf.data.TFRecordDataset(shards)]
+    assert [p["image/encoded"].numpy() for p in parsed] == [open(f, "rb").read()
+                                                           for f in split.files]
+    assert [int(p["image/class/label"]) - 1 for p in parsed] == split.labels.tolist()
+    assert parsed[0]["image/class/synset"].numpy().decode() == split.class_names[0]
+
+    @pipeline_def(batch_size=len(split), num_threads=1, device_id=None)
+    def read():
+        out = fn.readers.tfrecord(path=shards, index_path=[p + ".idx" for p in shards],
+                                  features={"image/encoded": tfrecord.FixedLenFeature(
+                                      (), tfrecord.string, ""), "image/class/label":
+                                      tfrecord.FixedLenFeature([1], tfrecord.int64, -1)})
+        return out["image/encoded"], out["image/class/label"]
+
+    pipe = read()
+    pipe.build()
+    jpegs, labels = pipe.run()
+    assert [np.asarray(jpegs[i]).tobytes() for i in range(len(split))] == [
+        open(f, "rb").read() for f in split.files]
+    np.testing.assert_array_equal(labels.as_array().ravel() - 1, split.labels)
+
+
+def test_webdataset_is_read_by_dalis_reader(demo_root, packed):
+    from nvidia.dali import fn, pipeline_def
+
+    split = folders.scan_split(demo_root, "train")
+    tars = records.split_files(packed["webdataset"], "webdataset", "train")
+    assert len(tars) == 3
+
+    @pipeline_def(batch_size=len(split), num_threads=1, device_id=None)
+    def read():
+        return tuple(fn.readers.webdataset(paths=tars, ext=["jpg", "cls"]))
+
+    pipe = read()
+    pipe.build()
+    jpegs, labels = pipe.run()
+    assert [np.asarray(jpegs[i]).tobytes() for i in range(len(split))] == [
+        open(f, "rb").read() for f in split.files]
+    assert [int(np.asarray(labels[i]).tobytes()) for i in range(len(split))] == \
+        split.labels.tolist()
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_record_batches_are_the_folder_layouts_pixel_for_pixel(demo_root, packed, fmt):
     """Training from batch 2 (one pipeline over 8 devices, and one per device over 2) and
@@ -159,26 +218,76 @@ def _damaged(packed, tmp_path, fmt):
     return root
 
 
-def test_bad_record_files_stop_with_the_file_and_the_fix(packed, tmp_path):
-    root = _damaged(packed, tmp_path, "recordio")
-    rec = root / "train.rec"
+def _cut(path, keep=-100):
+    path.write_bytes(path.read_bytes()[:keep])
 
-    def fails(message, split="train", num_classes=3):
-        with pytest.raises(ConfigError, match=message) as error:
-            records.open_split(str(root), "recordio", split, num_classes=num_classes,
-                               log=lambda _: None)
-        assert "\n" not in str(error.value)
-        return str(error.value)
 
-    assert "--config.num_classes to at least 3" in fails(r"has label 2 \(class 2\), outside "
-                                                         "num_classes=2", num_classes=2)
-    data = rec.read_bytes()
-    rec.write_bytes(data[:-100])
-    assert str(rec) in fails("is truncated: its record at offset .* ends past the end")
-    rec.write_bytes(b"\0" * 64)
-    fails("is not an MXNet RecordIO file")
-    rec.unlink()
-    fails("has no recordio files for train: expected .*/train.rec")
+def _tf_shard(path, features):
+    example = pack.tf_example(features)
+    path.write_bytes(struct.pack("<QI", len(example), 0) + example + b"\0" * 4)
+
+
+def _tar_without_label(path):
+    import tarfile
+
+    with tarfile.open(path, "a") as tar:
+        member = tarfile.TarInfo("zz.jpg")
+        member.size = 3
+        tar.addfile(member, __import__("io").BytesIO(b"abc"))
+
+
+DAMAGE = {
+    "recordio": [
+        (lambda r: _cut(r / "train.rec"), "train.rec' is truncated: its record at offset"),
+        (lambda r: (r / "train.rec").write_bytes(b"\0" * 64), "is not an MXNet RecordIO file"),
+        (lambda r: (r / "train.idx").write_text("0\t0\n1\t999\n"),
+         "train.idx' does not match .*train.rec' .*delete it or make it again"),
+        (lambda r: (r / "train.rec").unlink(), "has no recordio files for train"),
+    ],
+    "tfrecord": [
+        (lambda r: _cut(r / "train-00001-of-00008"), "train-00001-of-00008' is truncated"),
+        (lambda r: _tf_shard(r / "train-00002-of-00008", {"image/raw": b"x",
+                                                           "image/label": 1}),
+         "without the features 'image/encoded' .*it has image/label, image/raw: write "
+         "TF-slim's feature names"),
+        (lambda r: (r / "train-00003-of-00008.idx").write_text("0 10\n"),
+         "train-00003-of-00008.idx' does not match"),
+        (lambda r: (r / "train-00004-of-00008").write_bytes(b""),
+         "train-00004-of-00008' has no images"),
+        (lambda r: _tf_shard(r / "train-00005-of-00008", {"image/encoded": b"x",
+                                                           "image/class/label": 0}),
+         r"has label 0 \(class -1\), outside num_classes=3 \(labels are read as file label "
+         r"- 1: --config.data.tfrecord_first_label=0 for 0-based files\)"),
+    ],
+    "webdataset": [
+        (lambda r: _tar_without_label(r / "train" / "shard-00001.tar"),
+         "shard-00001.tar' has 'zz.jpg' without its label 'zz.cls'"),
+        (lambda r: _cut(r / "train" / "shard-00002.tar", 700), "shard-00002.tar' is "),
+        (lambda r: __import__("tarfile").open(r / "train" / "shard-00000.tar", "w").close(),
+         "shard-00000.tar' has no images"),
+    ],
+}
+
+
+@pytest.mark.parametrize("fmt,case", [(f, i) for f in FORMATS for i in range(len(DAMAGE[f]))])
+def test_bad_record_files_stop_with_the_file_and_the_fix(packed, tmp_path, fmt, case):
+    root = _damaged(packed, tmp_path, fmt)
+    for name in os.listdir(root):  # DALI's .idx files stay only where a case damages them
+        if name.endswith(".idx") and fmt == "tfrecord":
+            os.unlink(root / name)
+    damage, message = DAMAGE[fmt][case]
+    damage(root)
+    with pytest.raises(ConfigError, match=message) as error:
+        records.open_split(str(root), fmt, "train", num_classes=3,
+                           first_label=1 if fmt == "tfrecord" else 0, log=lambda _: None)
+    assert "\n" not in str(error.value)
+
+
+def test_labels_beyond_num_classes_stop_with_the_fix(packed):
+    with pytest.raises(ConfigError, match=r"has label 2 \(class 2\), outside num_classes=2: "
+                       "set --config.num_classes to at least 3"):
+        records.open_split(packed["webdataset"], "webdataset", "val", num_classes=2,
+                           log=lambda _: None)
 
 
 @pytest.fixture(scope="module")
@@ -190,30 +299,42 @@ def folder_run(demo_root, tmp_path_factory):
     return final_variables(workdir)
 
 
-def _train_command(workdir, root, fmt):
+def _train_command(workdir, root, fmt, *overrides):
     return main_command(workdir, root, "--config.num_epochs=2", "--config.warmup_epochs=1",
                         "--config.log_every_steps=1", "--config.deterministic=true",
-                        "--config.eval_every_epochs=2", f"--config.data.format={fmt}")
+                        "--config.eval_every_epochs=2", f"--config.data.format={fmt}",
+                        *overrides)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_training_from_records_killed_and_resumed_ends_as_the_folder_run(
         packed, tmp_path, folder_run, fmt):
-    """Killed (SIGKILL) after step 3 and run again: the parameters of an uninterrupted run on
-    the same images in folders, bit for bit (so its accuracy too)."""
+    """Killed (SIGKILL) in the second epoch, once step 4's checkpoint is committed, and run
+    again: the parameters of an uninterrupted run on the same
+    images in folders, bit for bit (so its accuracy too)."""
     workdir = tmp_path / "run"
-    process = start(_train_command(workdir, packed[fmt], fmt))
+    process = start(_train_command(workdir, packed[fmt], fmt, "--config.eval_every_epochs=1"))
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if "step 3/8" in line:
-            process.send_signal(signal.SIGKILL)
+        if "eval epoch 1:" in line:
             break
+    # Killed as soon as step 4's checkpoint is committed (Orbax renames its folder to '4'),
+    # before the next one can be: the run is somewhere in its second epoch.
+    deadline = time.monotonic() + 60
+    while not (workdir / "checkpoints" / "4").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    # Its output ends with it: DALI's worker processes, which hold it too, die with the run.
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "DALI's workers outlived the killed run"
     process.wait(timeout=120)
     assert process.returncode == -signal.SIGKILL, "".join(lines)
-    result = run(_train_command(workdir, packed[fmt], fmt))
+    result = run(_train_command(workdir, packed[fmt], fmt, "--config.eval_every_epochs=1"))
     assert result.returncode == 0, result.output
-    assert "step 8/8" in result.output
+    assert "at step 4 " in result.output and "step 8/8" in result.output, result.output
     step, variables = final_variables(workdir)
     assert step == folder_run[0] == 8
     assert_same_variables(variables, folder_run[1])

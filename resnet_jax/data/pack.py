@@ -93,14 +93,22 @@ def _write_tfrecord(path: str, items: list[tuple[int, str, int]], synsets: list[
     # library); imported here: only this format needs it.
     import tensorflow as tf
 
+    offset, index = 0, []
     with tf.io.TFRecordWriter(path + ".tmp") as writer:
         for _, file, label in items:
             with open(file, "rb") as f:
                 data = f.read()
-            writer.write(tf_example({
+            example = tf_example({
                 "image/class/label": label + 1, "image/class/synset": synsets[label].encode(),
                 "image/format": b"JPEG", "image/filename": os.path.basename(file).encode(),
-                records.TF_IMAGE: data}))
+                records.TF_IMAGE: data})
+            writer.write(example)
+            # DALI's index (tfrecord2idx): offset and size of each record, with its framing.
+            index.append(f"{offset} {len(example) + 16}\n")
+            offset += len(example) + 16
+    with open(path + ".idx.tmp", "w") as f:
+        f.writelines(index)
+    os.replace(path + ".idx.tmp", path + ".idx")
     os.replace(path + ".tmp", path)
 
 

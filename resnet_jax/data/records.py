@@ -20,12 +20,15 @@ later starts memory-map it.
 This module imports numpy alone: DALI's spawned workers import it.
 """
 
+import ctypes
 import dataclasses
 import glob
 import hashlib
 import json
 import os
+import signal
 import struct
+import sys
 import tarfile
 
 import numpy as np
@@ -106,7 +109,7 @@ _REPACK = "make it again (python -m resnet_jax.data.pack) or replace it"
 
 def _mx_entries(path: str, file_id: int, first_label: int) -> list[tuple]:
     """(file, offset, size, label) of each record of an im2rec file, from its headers."""
-    entries = []
+    entries, starts = [], []
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         fd = f.fileno()
@@ -130,6 +133,7 @@ def _mx_entries(path: str, file_id: int, first_label: int) -> list[tuple]:
             if end > size or len(head) < _MX_HEAD.size + MX_IRHEADER.size:
                 raise _bad(path, f"is truncated: its record at offset {offset} ends past the "
                            f"end of the file ({size} bytes)", _REPACK)
+            starts.append((offset, None))
             flag, label, _, _ = MX_IRHEADER.unpack_from(head, _MX_HEAD.size)
             if flag > 0:  # several labels: im2rec's first one is the class
                 (label,) = struct.unpack("<f", os.pread(fd, 4, offset + len(head)))
@@ -140,6 +144,7 @@ def _mx_entries(path: str, file_id: int, first_label: int) -> list[tuple]:
             else:
                 entries.append((file_id, offset, -(end - offset), int(label) - first_label))
             offset = end
+    _check_index(path, path[:-4] + ".idx", starts, "im2rec, or DALI's rec2idx")
     return entries
 
 
@@ -236,7 +241,7 @@ def _feature(data: bytes, span) -> tuple:
 
 def _tf_entries(path: str, file_id: int, first_label: int) -> list[tuple]:
     """(file, offset, size, label) of each Example's image in a TFRecord shard."""
-    entries = []
+    entries, records = [], []
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         offset = 0
@@ -267,8 +272,28 @@ def _tf_entries(path: str, file_id: int, first_label: int) -> list[tuple]:
             start, end = image[1]
             entries.append((file_id, offset + _TF_HEAD.size + start, end - start,
                             label[1][0] - first_label))
+            records.append((offset, _TF_HEAD.size + length + 4))
             offset += _TF_HEAD.size + length + 4
+    _check_index(path, path + ".idx", records, "tfrecord2idx SHARD SHARD.idx")
     return entries
+
+
+def _check_index(path: str, index: str, found: list[tuple[int, int]], remake: str) -> None:
+    """Stops when the index file of `path` that DALI's own reader would use does not list the
+    records `found` ((offset, size), or (offset, None) where the index gives no size)."""
+    if not os.path.isfile(index):
+        return
+    with open(index) as f:
+        listed = [tuple(int(v) for v in line.split()) for line in f if line.strip()]
+    if path.endswith(".rec"):  # im2rec's 'key<TAB>offset' lines, in any order
+        listed = sorted((offset, None) for _, offset in listed)
+    if listed != found:
+        first = next((i for i, (a, b) in enumerate(zip(listed, found, strict=False))
+                      if a != b),
+                     min(len(listed), len(found)))
+        raise _bad(index, f"does not match '{path}' ({len(listed)} records listed, "
+                   f"{len(found)} found; the first difference is record {first})",
+                   f"delete it or make it again ({remake})")
 
 
 def _wds_entries(path: str, file_id: int, first_label: int) -> list[tuple]:
@@ -401,6 +426,19 @@ def open_split(root: str, fmt: str, split: str, *, num_classes: int, first_label
 # --- the reads, in DALI's worker processes --------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """Asks Linux for SIGKILL when the parent process ends (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def epoch_permutation(seed: int, num_images: int, epoch: int) -> np.ndarray:
     """The order of a split's images in `epoch` (TrainOrder.permutation; here so that DALI's
     workers draw it without importing the pipelines)."""
@@ -428,6 +466,13 @@ class RangeSource:
 
     def __getstate__(self):
         return {**self.__dict__, "_open": None}
+
+    def __setstate__(self, state):
+        # Unpickled in a DALI worker: it must end with the process it serves. DALI's workers
+        # outlive a parent killed with SIGKILL (checked: DALI 2.4), holding its stdout and
+        # shared memory; so Linux kills them when the parent dies.
+        self.__dict__.update(state)
+        _die_with_parent()
 
     def _files(self):
         if self._open is None:
