@@ -347,3 +347,18 @@ def test_bad_records_stop_the_run_with_one_line_and_leave_the_workdir(packed, tm
     line = error_line(run(_train_command(workdir, root, "recordio")))
     assert f"'{root / 'val.rec'}' is truncated" in line
     assert not workdir.exists()
+
+
+def test_gpu_pipelines_over_record_files_are_well_formed(packed):
+    """The dali_gpu graphs over record files (workers reading byte ranges, then the mixed
+    decoder) are defined here without a GPU; only building them needs one."""
+    split = records.open_split(packed["recordio"], "recordio", "val", num_classes=3,
+                               log=lambda _: None)
+    order = dali.TrainOrder(split, global_batch_size=4, seed=1)
+    common = dict(image_size=32, dtype=dali._dali_dtype(np.float16), on_gpu=True,
+                  batch_size=4, num_threads=1, device_id=0, **dali.RANGE_PIPELINE)
+    feed = dali._ShardFeed(order, shard=0, num_shards=1, start=0)
+    assert feed.types == [dali.types.INT32, dali.types.FLOAT]  # no names: byte ranges
+    dali._train_pipeline(feed, **common)
+    shard = dali._EvalShard(split, 0, len(split), 16, 4)
+    dali._eval_pipeline(shard.files, shard.labels, resize_size=36, **common)
