@@ -362,3 +362,32 @@ def test_gpu_pipelines_over_record_files_are_well_formed(packed):
     dali._train_pipeline(feed, **common)
     shard = dali._EvalShard(split, 0, len(split), 16, 4)
     dali._eval_pipeline(shard.files, shard.labels, resize_size=36, **common)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unreadable_images_in_records_stop_the_run_or_are_skipped(demo_root, tmp_path, fmt):
+    """data.skip_bad_images as for folders: a truncated JPEG inside a record stops the run
+    with where it is, or is left out (and the rest trains)."""
+    src = tmp_path / "src"
+    shutil.copytree(demo_root, src)
+    victim = folders.scan_split(str(src), "train").files[4]
+    with open(victim, "rb") as f:
+        data = f.read()
+    with open(victim, "wb") as f:
+        f.write(data[:len(data) // 2])
+    root = tmp_path / fmt
+    pack.pack(str(src), fmt, str(root), shards=2, processes=1, log=lambda _: None)
+    options = dict(num_classes=3, first_label=1 if fmt == "tfrecord" else 0)
+    with pytest.raises(ConfigError, match=r"image 4 of the index, in '.*' at byte \d+ is "
+                       r"unreadable: truncated JPEG .*skip_bad_images=true"):
+        records.open_split(str(root), fmt, "train", bad_images="error", log=lambda _: None,
+                           **options)
+    lines = []
+    split = records.open_split(str(root), fmt, "train", bad_images="skip", log=lines.append,
+                               **options)
+    assert len(split) == 32 and lines[-1].startswith("skipped 1 unreadable image: first image 4")
+    stream = dali._train_stream(split, global_batch_size=8, image_size=32,
+                                dtype=dali._dali_dtype(np.float32), mesh=mesh_of(1), seed=0,
+                                start=0, num_threads=1, per_device=False, on_gpu=False)
+    for _ in range(5):
+        assert np.isfinite(np.asarray(next(stream)["images"])).all()

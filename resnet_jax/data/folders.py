@@ -2,6 +2,7 @@
 
 from concurrent import futures
 import dataclasses
+import io
 import os
 import re
 
@@ -98,15 +99,24 @@ def image_problem(path: str) -> str | None:
             os.close(fd)
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
+    return bytes_problem(head, tail, size, decodes=lambda: _decodes(path),
+                         png_tail=lambda: _read_tail(path, size, _PNG_SEARCH))
+
+
+def bytes_problem(head: bytes, tail: bytes, size: int, *, decodes, png_tail) -> str | None:
+    """`image_problem` for an image of `size` bytes starting with `head` (16 bytes) and ending
+    with `tail` (8 bytes); `decodes()` and `png_tail()` are asked only for suspect files (a
+    JPEG without the end marker, a PNG whose IEND is not last): whether PIL decodes it, its
+    last 4 KiB. Also used for images inside record files."""
     if size == 0:
         return "empty file (0 bytes)"
     if head.startswith(_JPEG):
-        if tail.endswith(_JPEG_END) or _decodes(path):
+        if tail.endswith(_JPEG_END) or decodes():
             return None
         return f"truncated JPEG ({size} bytes, no end-of-image marker FFD9)"
     if head.startswith(_PNG):
         # DALI needs the IEND chunk (PIL does not); bytes after it are fine.
-        if tail == _PNG_END or _PNG_END in _read_tail(path, size, _PNG_SEARCH):
+        if tail == _PNG_END or _PNG_END in png_tail():
             return None
         return f"truncated PNG ({size} bytes, no IEND chunk)"
     if head.startswith(b"BM") and len(head) >= 6:
@@ -118,6 +128,19 @@ def image_problem(path: str) -> str | None:
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return None
     return f"not a {_FORMATS} file (it starts with {head[:8]!r})"
+
+
+def decodes_bytes(data: bytes) -> bool:
+    """Whether PIL decodes the image `data` to its end (see `_decodes`)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (1, 1))
+            image.load()
+    except Image.DecompressionBombError:
+        return True
+    except Exception:  # any failure to decode: unreadable
+        return False
+    return True
 
 
 def check_images(files: list[str], *, num_threads: int = 32) -> list[tuple[str, str]]:

@@ -20,6 +20,7 @@ later starts memory-map it.
 This module imports numpy alone: DALI's spawned workers import it.
 """
 
+from concurrent import futures
 import ctypes
 import dataclasses
 import glob
@@ -397,9 +398,85 @@ def class_names(root: str) -> list[str]:
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
+def _problem(fds, paths, row) -> str | None:
+    # Here, not at the top: DALI's workers import this module, and need neither PIL nor jax.
+    from resnet_jax.data import folders
+
+    offset, size = int(row["offset"]), int(row["size"])
+    fd = fds[int(row["file"])]
+    if size < 0:  # a RecordIO record in parts: joined first
+        data = mx_payload(os.pread(fd, -size, offset))
+        return folders.bytes_problem(data[:16], data[-8:], len(data),
+                                     decodes=lambda: folders.decodes_bytes(data),
+                                     png_tail=lambda: data[-4096:])
+    tail = min(8, size)
+    return folders.bytes_problem(
+        os.pread(fd, min(16, size), offset), os.pread(fd, tail, offset + size - tail), size,
+        decodes=lambda: folders.decodes_bytes(os.pread(fd, size, offset)),
+        png_tail=lambda: os.pread(fd, min(4096, size), offset + max(0, size - 4096)))
+
+
+def image_problems(index_path: str, paths: list[str], *, num_threads: int = 32) -> list:
+    """(row, problem) of each image of the index that DALI could not decode (the folder
+    layout's check, folders.bytes_problem, on the bytes inside the record files); kept
+    beside the index, so that each data set is checked once."""
+    cache = index_path[:-4] + "-problems.json"
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            return [tuple(item) for item in json.load(f)]
+    index = np.load(index_path, mmap_mode="r")
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    chunks = [range(i, min(i + 4096, len(index))) for i in range(0, len(index), 4096)]
+
+    def check(rows):
+        return [(i, problem) for i in rows if (problem := _problem(fds, paths, index[i]))]
+
+    try:
+        with futures.ThreadPoolExecutor(max(1, min(num_threads, len(chunks)))) as pool:
+            found = [bad for part in pool.map(check, chunks) for bad in part]
+    finally:
+        for fd in fds:
+            os.close(fd)
+    try:
+        temporary = f"{cache}.{os.getpid()}.tmp"
+        with open(temporary, "w") as f:
+            json.dump(found, f)
+        os.replace(temporary, cache)
+    except OSError:
+        pass  # checked again next time
+    return found
+
+
+def _unreadable(split: RecordSplit, problems: list, bad_images: str, log) -> RecordSplit:
+    """`split` as `bad_images` ('error' or 'skip') says for its unreadable images."""
+    index = np.load(split.index_path, mmap_mode="r")
+    row, problem = problems[0]
+    where = (f"image {row} of the index, in '{split.paths[int(index[row]['file'])]}' at byte "
+             f"{abs(int(index[row]['offset']))}")
+    if bad_images == "error":
+        more = f"; {len(problems) - 1} more unreadable" if len(problems) > 1 else ""
+        raise ConfigError(f"{where} is unreadable: {problem}{more}: pack the data again from "
+                          "readable files, or pass --config.data.skip_bad_images=true to leave "
+                          "unreadable images out")
+    keep = np.ones(len(index), bool)
+    keep[[r for r, _ in problems]] = False
+    path = split.index_path[:-4] + "-readable.npy"
+    if not os.path.isfile(path):
+        temporary = f"{path}.{os.getpid()}.tmp.npy"
+        np.save(temporary, np.asarray(index)[keep])
+        os.replace(temporary, path)
+    log(f"skipped {len(problems)} unreadable image{'s' if len(problems) > 1 else ''}: first "
+        f"{where}: {problem}")
+    return dataclasses.replace(split, index_path=path, labels=split.labels[keep])
+
+
 def open_split(root: str, fmt: str, split: str, *, num_classes: int, first_label: int = 0,
-               log=print) -> RecordSplit:
-    """The images of `split` in the record files of `root`, indexed and checked."""
+               bad_images: str = "unchecked", log=print) -> RecordSplit:
+    """The images of `split` in the record files of `root`, indexed and checked.
+
+    `bad_images` as for the folder layout (folders.scan_split): 'unchecked',
+    'error' (the first unreadable image stops the run) or 'skip' (left out).
+    """
     layout = _LAYOUTS[fmt].format(root=root.rstrip("/") or "/")
     if not os.path.isdir(root):
         raise ConfigError(f"data.root '{root}' does not exist or is not a folder: {layout}")
@@ -419,8 +496,11 @@ def open_split(root: str, fmt: str, split: str, *, num_classes: int, first_label
             f"'{paths[row['file']]}' has label {int(row['label']) + first_label} "
             f"(class {int(row['label'])}), outside num_classes={num_classes}{shift}: set "
             f"--config.num_classes to at least {int(labels.max()) + 1}, or fix the labels")
-    return RecordSplit(format=fmt, paths=list(paths), index_path=index_path, labels=labels,
-                       class_names=class_names(root))
+    records = RecordSplit(format=fmt, paths=list(paths), index_path=index_path, labels=labels,
+                          class_names=class_names(root))
+    if bad_images != "unchecked" and (problems := image_problems(index_path, paths)):
+        return _unreadable(records, problems, bad_images, log)
+    return records
 
 
 # --- the reads, in DALI's worker processes --------------------------------------------------

@@ -54,7 +54,8 @@ def _split(config, split: str, bad_images: str):
         return folders.scan_split(config.data.root, split, bad_images=bad_images)
     first_label = config.data.tfrecord_first_label if config.data.format == "tfrecord" else 0
     return records.open_split(config.data.root, config.data.format, split,
-                              num_classes=config.num_classes, first_label=first_label, log=_log)
+                              num_classes=config.num_classes, first_label=first_label,
+                              bad_images=bad_images, log=_log)
 
 
 def open_data(config, mesh, *, train_batch: int, eval_batch: int, with_train: bool = True,
