@@ -26,7 +26,7 @@ in ONNX Runtime (resnet_jax.bench.onnx_runtime), on the synthetic rows'
 batch kept on the device; bf16 rows have no ONNX column. `onnx_max_rel_diff`
 in the JSON is max |logit difference| / max |logit| against resnet_jax's.
 
-MFU counts model FLOPs only (resnet_jax.bench.hardware: 2 x the forward
+MFU counts model FLOPs only (resnet_jax.hardware: 2 x the forward
 multiply-accumulates per image, x3 for training) over the device's dense
 peak (n/a for unknown devices and CPUs). 'peak mem' is the device
 allocator's peak so far in this process (GPUs; rows run in order), 'xla mem'

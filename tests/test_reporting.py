@@ -73,7 +73,8 @@ def test_tflops_and_mfu_follow_images_over_wall_time():
 
 
 def test_peak_flops_and_published_figures_by_device_kind():
-    from resnet_jax.bench import baselines, hardware
+    from resnet_jax import hardware
+    from resnet_jax.bench import baselines
 
     assert hardware.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
     assert hardware.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12

@@ -18,9 +18,9 @@ import numpy as np
 from resnet_jax import config as config_lib
 from resnet_jax import models
 from resnet_jax.bench import torch_baseline
-from resnet_jax.bench.hardware import mfu, model_flops_per_image, peak_flops
 from resnet_jax.bench.onnx_runtime import ONNX_PRECISIONS, OnnxColumns
 from resnet_jax.bench.timing import latency_summary, step_summary, time_latency, time_steps
+from resnet_jax.hardware import mfu, model_flops_per_image, peak_flops
 from resnet_jax.models import flops
 from resnet_jax.models.predict import predict_step
 from resnet_jax.train import setup

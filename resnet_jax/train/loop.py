@@ -15,8 +15,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from resnet_jax import models, reporting
-from resnet_jax.bench import hardware
+from resnet_jax import hardware, models, reporting
 from resnet_jax.errors import TrainingError
 from resnet_jax.models import flops
 from resnet_jax.train.evaluate import evaluate, format_eval

@@ -1,4 +1,5 @@
-"""Dense peak FLOP/s of the GPUs people train on, and model FLOPs utilisation (MFU).
+"""Dense peak FLOP/s of the GPUs people train on, and model FLOPs utilisation (MFU): a leaf,
+used by the training loop's progress line and by the benchmarks.
 
 The peaks are NVIDIA's data-sheet figures for dense (not 2:4 sparse) tensor-core
 math per GPU. MFU counts the model's FLOPs only: 2 x the forward
