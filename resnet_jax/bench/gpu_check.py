@@ -26,7 +26,9 @@ import sys
 import threading
 import time
 
+from resnet_jax import parallel  # imports jax; this process starts no backend
 from resnet_jax.bench import baselines
+from resnet_jax.data import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPE = os.path.join(ROOT, "configs", "resnet50_v15.py")
@@ -527,7 +529,7 @@ def plan(*, quick: bool, cpu: bool, precisions: list[str], devices: int) -> list
 def dali_available() -> bool:
     """Whether DALI imports here (ready-made GPU containers often lack it)."""
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # noqa: F401  the question is whether this import works
     except ImportError:
         return False
     return True
@@ -535,8 +537,6 @@ def dali_available() -> bool:
 
 def run_check(args) -> int:
     """Runs the plan that `args` (scripts/gpu_check.py's) asks for; the exit code."""
-    from resnet_jax import parallel  # imports jax, starts no backend
-
     os.makedirs(args.out, exist_ok=True)
     env = dict(os.environ)
     # The children import resnet_jax from this checkout, installed or not.
@@ -577,8 +577,6 @@ def run_check(args) -> int:
             f"{time.strftime('%Y-%m-%d %H:%M')}, `{command}`"
             + (f", budget {args.budget:.0f} s" if args.budget else ""), ""]
     if has_dali:
-        from resnet_jax.data import demo
-
         start = time.perf_counter()
         per_class = math.ceil(steps_per_epoch * devices * per_device / classes) + 1
         demo.make_demo_dataset(ctx.data_root, num_classes=classes, train_per_class=per_class,

@@ -70,7 +70,7 @@ def prepare_train(train_tar: str, out: str) -> int:
 
 def val_labels_from_devkit(devkit_tar: str) -> dict[str, str]:
     """{'ILSVRC2012_val_00000001.JPEG': wnid, ...} from the ILSVRC2012 devkit archive."""
-    import scipy.io
+    import scipy.io  # here, not above: only the devkit's .mat file needs SciPy
 
     with _open_tar(devkit_tar, "--devkit") as devkit:
         files = {os.path.basename(m.name): m for m in devkit if m.isfile()}
