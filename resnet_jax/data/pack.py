@@ -30,7 +30,7 @@ import tarfile
 
 from resnet_jax.data import folders, records
 from resnet_jax.data.source import usable_cores
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, exit_code
 
 _SPLITS = (("train", "train", "train"), ("val", "validation", "val"))
 
@@ -233,20 +233,18 @@ def main(argv=None) -> int:
                              "recordio: parts written in parallel, then joined into one file")
     parser.add_argument("--processes", type=int, default=0,
                         help="writer processes (default: one per usable core)")
-    args = parser.parse_args(argv)
-    try:
-        if os.path.abspath(args.out) == os.path.abspath(args.src):
-            raise ConfigError(f"--out '{args.out}' is --src: write the records elsewhere")
-        shards = args.shards or {"tfrecord": 1024, "recordio": 4 * usable_cores()}.get(
-            args.format, 0)
-        if not shards:
-            shards = max(1, len(folders.scan_split(args.src, "train")) // 1000)
-        pack(args.src, args.format, args.out, shards=shards,
-             processes=args.processes or usable_cores())
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(_pack_command, parser.parse_args(argv))
+
+
+def _pack_command(args) -> None:
+    if os.path.abspath(args.out) == os.path.abspath(args.src):
+        raise ConfigError(f"--out '{args.out}' is --src: write the records elsewhere")
+    shards = args.shards or {"tfrecord": 1024, "recordio": 4 * usable_cores()}.get(
+        args.format, 0)
+    if not shards:
+        shards = max(1, len(folders.scan_split(args.src, "train")) // 1000)
+    pack(args.src, args.format, args.out, shards=shards,
+         processes=args.processes or usable_cores())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import shutil
 import sys
 import tarfile
 
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, exit_code
 
 
 def _open_tar(path: str, what: str) -> tarfile.TarFile:
@@ -121,25 +121,23 @@ def main(argv=None) -> int:
     labels = parser.add_mutually_exclusive_group()
     labels.add_argument("--devkit", help="ILSVRC2012_devkit_t12.tar.gz (validation labels)")
     labels.add_argument("--val-csv", help="Kaggle's LOC_val_solution.csv (validation labels)")
-    args = parser.parse_args(argv)
-    try:
-        if args.val_tar and not (args.devkit or args.val_csv):
-            raise ConfigError("--val-tar needs the validation labels: add --devkit "
-                              "ILSVRC2012_devkit_t12.tar.gz or --val-csv LOC_val_solution.csv")
-        if not (args.train_tar or args.val_tar):
-            raise ConfigError("nothing to do: pass --train-tar and/or --val-tar")
-        if args.train_tar:
-            count = prepare_train(args.train_tar, args.out)
-            print(f"train: wrote {count} images under {os.path.join(args.out, 'train')}")
-        if args.val_tar:
-            mapping = (val_labels_from_devkit(args.devkit) if args.devkit
-                       else val_labels_from_csv(args.val_csv))
-            count = prepare_val(args.val_tar, mapping, args.out)
-            print(f"val: wrote {count} images under {os.path.join(args.out, 'val')}")
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(_run, parser.parse_args(argv))
+
+
+def _run(args) -> None:
+    if args.val_tar and not (args.devkit or args.val_csv):
+        raise ConfigError("--val-tar needs the validation labels: add --devkit "
+                          "ILSVRC2012_devkit_t12.tar.gz or --val-csv LOC_val_solution.csv")
+    if not (args.train_tar or args.val_tar):
+        raise ConfigError("nothing to do: pass --train-tar and/or --val-tar")
+    if args.train_tar:
+        count = prepare_train(args.train_tar, args.out)
+        print(f"train: wrote {count} images under {os.path.join(args.out, 'train')}")
+    if args.val_tar:
+        mapping = (val_labels_from_devkit(args.devkit) if args.devkit
+                   else val_labels_from_csv(args.val_csv))
+        count = prepare_val(args.val_tar, mapping, args.out)
+        print(f"val: wrote {count} images under {os.path.join(args.out, 'val')}")
 
 
 if __name__ == "__main__":
