@@ -120,8 +120,8 @@ def defaults() -> ml_collections.ConfigDict:
     # deterministic=True also makes XLA's GPU kernels deterministic (somewhat slower).
     config.deterministic = False
     # The share of each GPU's memory JAX takes at start-up; the rest is left to DALI's GPU
-    # decoders. 0: 0.70 with data.backend=dali_gpu, 0.90 otherwise. XLA_PYTHON_CLIENT_MEM_FRACTION
-    # (or _PREALLOCATE, _ALLOCATOR) in the environment wins.
+    # decoders. 0: 0.70 with data.backend=dali_gpu, 0.90 otherwise. XLA_CLIENT_MEM_FRACTION (or
+    # XLA_PYTHON_CLIENT_MEM_FRACTION, _PREALLOCATE, _ALLOCATOR) in the environment wins.
     config.gpu_memory_fraction = 0.0
 
     # --- data --------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def _run(config) -> int:
     stop_code = stop_exit_code()
     # XLA flags are read when the backend starts, i.e. before the first JAX computation.
     parallel.configure_runtime(deterministic=config.deterministic,
-                               memory_fraction=parallel.memory_fraction(config))
+                               memory_fraction=parallel.memory_fraction(config),
+                               dali_on_gpu=parallel.dali_on_gpu(config))
     if config.mode == "train" and not FLAGS.workdir:
         raise ConfigError("--workdir is required for training: pass --workdir=runs/NAME")
     parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

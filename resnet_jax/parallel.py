@@ -45,9 +45,12 @@ only when it joins, so it is not checked itself).
 """
 
 import dataclasses
+import glob
 import os
 import re
+import shutil
 import socket
+import subprocess
 import time
 
 from absl import logging
@@ -69,8 +72,9 @@ _K8S_PORT = 55527
 # How long the processes other than 0 wait for process 0's port to open (seconds).
 COORDINATOR_WAIT_ENV = "RESNET_JAX_COORDINATOR_WAIT"
 DEFAULT_COORDINATOR_WAIT = 120.0
-# Where the NVIDIA driver lists a node's GPUs, one folder each.
+# Where the NVIDIA driver lists a node's GPUs, one folder each, and its device files, one a GPU.
 _NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
+_NVIDIA_DEVICE_FILES = "/dev/nvidia[0-9]*"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,25 +105,40 @@ GPU_XLA_FLAGS = {
     # Lets XLA schedule the gradient all-reduce of data parallelism to overlap with the
     # backward pass instead of running after it (NVIDIA's JAX containers set it too).
     "--xla_gpu_enable_latency_hiding_scheduler": "true",
-    # No command buffers (CUDA graphs): they conflict with the CUDA work of DALI's background
-    # threads on the same GPU (DALI's JAX guidance and its Flax example turn them off too).
-    "--xla_gpu_enable_command_buffer": "",
 }
-# The share of each GPU's memory that JAX takes at start-up when the user has not chosen
-# (XLA_PYTHON_CLIENT_MEM_FRACTION, _PREALLOCATE or _ALLOCATOR in the environment). JAX's own
-# default is 0.75; DALI's GPU decoders allocate outside of it (nvJPEG's buffers, about 211 MB
-# per decoder thread, and the hardware decoder's for a batch), so with data on the GPU JAX
-# leaves them a fixed 30%; without (synthetic data, DALI on the CPU) it takes 90%.
+# Added as well when this process runs DALI on its GPUs (data.backend=dali_gpu): no command
+# buffers (CUDA graphs), which conflict with the CUDA work of DALI's background threads on the
+# same GPU (DALI's JAX guidance and its Flax example turn them off too). Elsewhere (synthetic
+# data, DALI on the CPU, commands without DALI) XLA's default stands: a step of RN50 v1.5 has
+# about 1,300 kernels, each a separate launch without them.
+DALI_GPU_XLA_FLAGS = {"--xla_gpu_enable_command_buffer": ""}
+# The share of each GPU's memory that JAX takes at start-up when the user has not chosen (one
+# of MEMORY_VARIABLES in the environment). JAX's own default is 0.75; DALI's GPU decoders
+# allocate outside of it (nvJPEG's buffers, about 211 MB per decoder thread, and the hardware
+# decoder's for a batch), so with data on the GPU JAX leaves them a fixed 30%; without
+# (synthetic data, DALI on the CPU) it takes 90%.
 GPU_MEMORY_FRACTION = {"dali_gpu": 0.70, "other": 0.90}
 
 
 def memory_fraction(config) -> float:
     """The share of each GPU that JAX takes: config.gpu_memory_fraction, else by data backend."""
     return config.gpu_memory_fraction or GPU_MEMORY_FRACTION[
-        "dali_gpu" if config.data.backend == "dali_gpu" else "other"]
+        "dali_gpu" if dali_on_gpu(config) else "other"]
 
-_MEMORY_VARIABLES = ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
-                     "XLA_PYTHON_CLIENT_ALLOCATOR")
+
+def dali_on_gpu(config) -> bool:
+    """Whether a run of `config` runs DALI on its GPUs (the mixed decoder, any data format)."""
+    return config.data.backend == "dali_gpu"
+
+
+# The variable jaxlib (0.10 and 0.11) reads for JAX's share of each GPU, and its deprecated
+# name, which jaxlib still reads; with both set jaxlib's GPU client refuses to start and JAX
+# falls back to the CPU, so only the first is ever set here.
+MEM_FRACTION = "XLA_CLIENT_MEM_FRACTION"
+OLD_MEM_FRACTION = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+# Any of these in the environment says how JAX allocates GPU memory: the user's choice stands.
+MEMORY_VARIABLES = (MEM_FRACTION, OLD_MEM_FRACTION, "XLA_PYTHON_CLIENT_PREALLOCATE",
+                    "XLA_PYTHON_CLIENT_ALLOCATOR")
 # Compiled programs are kept here between runs (a resume, an eval, a rerun skip most of the
 # compilation); $JAX_COMPILATION_CACHE_DIR chooses another folder, and
 # JAX_ENABLE_COMPILATION_CACHE=false turns the cache off.
@@ -127,16 +146,24 @@ DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "resnet_jax", "xla")
 
 
 def configure_runtime(*, deterministic: bool = False, memory_fraction: float | None = None,
-                      environ=None) -> None:
+                      dali_on_gpu: bool = False, environ=None) -> None:
     """XLA flags, GPU memory and the compilation cache; before the first JAX computation.
 
-    On GPUs, `memory_fraction` (default: GPU_MEMORY_FRACTION['other']) is the
-    share of each GPU that JAX takes, unless the environment already says how
-    JAX allocates (XLA_PYTHON_CLIENT_MEM_FRACTION, _PREALLOCATE, _ALLOCATOR).
+    On GPUs (see `find_gpus`): GPU_XLA_FLAGS, with `dali_on_gpu` also
+    DALI_GPU_XLA_FLAGS, each unless XLA_FLAGS already sets it; and
+    `memory_fraction` (default: GPU_MEMORY_FRACTION['other']) as JAX's share of
+    each GPU, unless the environment already says how JAX allocates (one of
+    MEMORY_VARIABLES). Both names of the memory fraction set at once would
+    send JAX to the CPU: that is a ConfigError.
     """
     environ = os.environ if environ is None else environ
+    if environ.get(MEM_FRACTION) and environ.get(OLD_MEM_FRACTION):
+        raise ConfigError(
+            f"both {MEM_FRACTION}={environ[MEM_FRACTION]} and {OLD_MEM_FRACTION}="
+            f"{environ[OLD_MEM_FRACTION]} are set, and jaxlib then starts no GPU (JAX falls "
+            f"back to the CPU): unset {OLD_MEM_FRACTION}, its deprecated name")
     gpus = visible_gpus(environ)
-    flags = dict(GPU_XLA_FLAGS) if gpus else {}
+    flags = {**GPU_XLA_FLAGS, **(DALI_GPU_XLA_FLAGS if dali_on_gpu else {})} if gpus else {}
     if deterministic:  # slower GPU kernels whose results do not vary from run to run
         flags["--xla_gpu_deterministic_ops"] = "true"
     current = environ.get("XLA_FLAGS", "")
@@ -144,12 +171,19 @@ def configure_runtime(*, deterministic: bool = False, memory_fraction: float | N
     added = [f"{name}={value}" for name, value in flags.items() if name not in present]
     if added:
         environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
-    if gpus and not any(environ.get(name) for name in _MEMORY_VARIABLES):
-        fraction = memory_fraction or GPU_MEMORY_FRACTION["other"]
-        environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:g}"
+    if gpus and not any(environ.get(name) for name in MEMORY_VARIABLES):
+        environ[MEM_FRACTION] = f"{memory_fraction or GPU_MEMORY_FRACTION['other']:g}"
     if not environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir",
                           os.path.expanduser(DEFAULT_COMPILATION_CACHE))
+
+
+def runtime_settings(environ=None) -> str:
+    """XLA_FLAGS and the GPU memory variables as this process has them, for a report."""
+    environ = os.environ if environ is None else environ
+    names = ["XLA_FLAGS", *MEMORY_VARIABLES]
+    return ", ".join(f"{name}={environ[name]!r}" for name in names if name in environ) or (
+        "no XLA_FLAGS and no GPU memory variable")
 
 
 def _int(environ, name: str) -> int | None:
@@ -281,14 +315,39 @@ def _kubernetes(environ) -> Launch | None:
 
 
 def visible_gpus(environ=None) -> int | None:
-    """GPUs CUDA will show this process (CUDA_VISIBLE_DEVICES, else the driver's list), or None."""
+    """GPUs CUDA will show this process (see `find_gpus`), or None where none is known."""
+    return find_gpus(environ)[0]
+
+
+def find_gpus(environ=None) -> tuple[int | None, str]:
+    """(GPUs CUDA will show this process, where that was read), without starting CUDA.
+
+    CUDA_VISIBLE_DEVICES when set; else the driver's list of GPUs
+    (/proc/driver/nvidia/gpus), which some sandboxed and containerised kernels
+    do not show; else the device files /dev/nvidia0, /dev/nvidia1, ...; else
+    `nvidia-smi -L`. (None, 'none found') when none of them names a GPU.
+    """
     environ = os.environ if environ is None else environ
     if "CUDA_VISIBLE_DEVICES" in environ:
         value = environ["CUDA_VISIBLE_DEVICES"].strip()
-        return 0 if value in ("", "NoDevFiles", "-1") else len(value.split(","))
-    if os.path.isdir(_NVIDIA_GPUS):
-        return len(os.listdir(_NVIDIA_GPUS))
-    return None
+        count = 0 if value in ("", "NoDevFiles", "-1") else len(value.split(","))
+        return count, "CUDA_VISIBLE_DEVICES"
+    if os.path.isdir(_NVIDIA_GPUS) and os.listdir(_NVIDIA_GPUS):
+        return len(os.listdir(_NVIDIA_GPUS)), _NVIDIA_GPUS
+    nodes = [p for p in glob.glob(_NVIDIA_DEVICE_FILES) if re.search(r"nvidia\d+$", p)]
+    if nodes:
+        return len(nodes), f"{os.path.dirname(_NVIDIA_DEVICE_FILES)}/nvidia<N>"
+    smi = shutil.which("nvidia-smi", path=environ.get("PATH"))
+    if smi:
+        try:
+            listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20,
+                                     stdin=subprocess.DEVNULL).stdout
+        except (OSError, subprocess.SubprocessError):
+            listing = ""
+        count = len(re.findall(r"^GPU \d+:", listing, re.M))
+        if count:
+            return count, "nvidia-smi -L"
+    return None, "none found"
 
 
 def _gpu_share(launch: Launch, environ, gpus: int | None) -> Launch:

@@ -295,9 +295,33 @@ def test_no_launcher_is_a_single_process():
     assert parallel.plan(environ={}, gpus=8) == parallel.Launch("single")
 
 
-def test_visible_gpus_from_cuda_visible_devices():
-    assert parallel.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == 2
+def test_gpus_are_found_where_a_sandboxed_kernel_shows_them(tmp_path, monkeypatch):
+    """CUDA_VISIBLE_DEVICES, else the driver's list, else /dev/nvidiaN, else nvidia-smi -L:
+    some sandboxed and containerised kernels show only the later ones."""
+    assert parallel.find_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == (2, "CUDA_VISIBLE_DEVICES")
     assert parallel.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == 0
+    proc, dev, bin_dir = tmp_path / "gpus", tmp_path / "dev", tmp_path / "bin"
+    for folder in (proc, dev, bin_dir):
+        folder.mkdir()
+    monkeypatch.setattr(parallel, "_NVIDIA_GPUS", str(proc))
+    monkeypatch.setattr(parallel, "_NVIDIA_DEVICE_FILES", str(dev / "nvidia[0-9]*"))
+    environ = {"PATH": str(bin_dir)}
+    assert parallel.find_gpus(environ) == (None, "none found")
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n[ \"$1\" = -L ] && printf 'GPU 0: NVIDIA H200 (UUID: GPU-a)\\n"
+                   "GPU 1: NVIDIA H200 (UUID: GPU-b)\\n'\n")
+    smi.chmod(0o755)
+    assert parallel.find_gpus(environ) == (2, "nvidia-smi -L")
+    for name in ("nvidiactl", "nvidia-uvm", "nvidia0", "nvidia1", "nvidia2"):
+        (dev / name).touch()  # the control and UVM files are no GPUs
+    assert parallel.find_gpus(environ) == (3, f"{dev}/nvidia<N>")
+    for gpu in ("0000:17:00.0", "0000:2a:00.0", "0000:3d:00.0", "0000:63:00.0"):
+        (proc / gpu).mkdir()
+    assert parallel.find_gpus(environ) == (4, str(proc))
+    # The GPU settings follow the GPUs found, whichever the source.
+    monkeypatch.setattr(parallel.jax.config, "update", lambda name, value: None)
+    parallel.configure_runtime(environ=environ)
+    assert environ[parallel.MEM_FRACTION] == "0.9"
 
 
 def test_gpu_flags_are_added_unless_the_user_set_them(monkeypatch):
@@ -305,50 +329,71 @@ def test_gpu_flags_are_added_unless_the_user_set_them(monkeypatch):
     monkeypatch.setattr(parallel.jax.config, "update",
                         lambda name, value: cache_dirs.append((name, value)))
     env = {"CUDA_VISIBLE_DEVICES": "0,1", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
-    parallel.configure_runtime(environ=env)
+    parallel.configure_runtime(environ=env)  # synthetic data, DALI on the CPU: XLA's default
     assert env["XLA_FLAGS"] == ("--xla_dump_to=/tmp/x "
-                                "--xla_gpu_enable_latency_hiding_scheduler=true "
-                                "--xla_gpu_enable_command_buffer=")
+                                "--xla_gpu_enable_latency_hiding_scheduler=true")
     assert cache_dirs and cache_dirs[0][0] == "jax_compilation_cache_dir"
+    env = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    parallel.configure_runtime(dali_on_gpu=True, environ=env)  # DALI's GPU threads: off
+    assert env["XLA_FLAGS"] == ("--xla_gpu_enable_latency_hiding_scheduler=true "
+                                "--xla_gpu_enable_command_buffer=")
     env = {"CUDA_VISIBLE_DEVICES": "0", "JAX_COMPILATION_CACHE_DIR": "/elsewhere",
            "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=false "
                         "--xla_gpu_enable_command_buffer=FUSION"}
-    parallel.configure_runtime(deterministic=True, environ=env)
+    parallel.configure_runtime(deterministic=True, dali_on_gpu=True, environ=env)
     assert env["XLA_FLAGS"] == ("--xla_gpu_enable_latency_hiding_scheduler=false "
                                 "--xla_gpu_enable_command_buffer=FUSION "
                                 "--xla_gpu_deterministic_ops=true")
-    assert len(cache_dirs) == 1  # the user's cache folder stands
+    assert len(cache_dirs) == 2  # the user's cache folder stands
     env = {"CUDA_VISIBLE_DEVICES": "", "JAX_COMPILATION_CACHE_DIR": "/elsewhere"}
-    parallel.configure_runtime(environ=env)  # no GPU: no GPU flags, no memory setting
-    assert "XLA_FLAGS" not in env and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env
+    parallel.configure_runtime(dali_on_gpu=True, environ=env)  # no GPU: no GPU settings
+    assert "XLA_FLAGS" not in env and parallel.MEM_FRACTION not in env
+    # The trainer turns command buffers off exactly when it runs DALI on the GPUs.
+    config = config_lib.recipe("resnet50_v15")
+    assert config.data.backend == "dali_gpu" and parallel.dali_on_gpu(config)
+    for backend in ("dali_cpu", "synthetic"):
+        config.data.backend = backend
+        assert not parallel.dali_on_gpu(config)
 
 
 def test_gpu_memory_split_is_explicit_unless_the_user_chose(monkeypatch):
+    """The name jaxlib 0.10 and 0.11 read is set; a user's variable of either name (or the
+    allocator's) stands; both names at once, which jaxlib answers by starting no GPU, stop
+    with one line."""
     monkeypatch.setattr(parallel.jax.config, "update", lambda name, value: None)
     config = config_lib.recipe("resnet50_v15")
     assert config.data.backend == "dali_gpu" and config.gpu_memory_fraction == 0
     env = {"CUDA_VISIBLE_DEVICES": "0"}
     parallel.configure_runtime(memory_fraction=parallel.memory_fraction(config), environ=env)
-    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.7"  # the rest is DALI's
+    assert env["XLA_CLIENT_MEM_FRACTION"] == "0.7"  # the rest is DALI's
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env
     config.data.backend = "synthetic"
     env = {"CUDA_VISIBLE_DEVICES": "0"}
     parallel.configure_runtime(memory_fraction=parallel.memory_fraction(config), environ=env)
-    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.9"
+    assert env["XLA_CLIENT_MEM_FRACTION"] == "0.9"
     config.gpu_memory_fraction = 0.55
     env = {"CUDA_VISIBLE_DEVICES": "0"}
     parallel.configure_runtime(memory_fraction=parallel.memory_fraction(config), environ=env)
-    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.55"
-    for variable in ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
-                     "XLA_PYTHON_CLIENT_ALLOCATOR"):
+    assert env["XLA_CLIENT_MEM_FRACTION"] == "0.55"
+    for variable in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                     "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_ALLOCATOR"):
         env = {"CUDA_VISIBLE_DEVICES": "0", variable: "0.3"}
         parallel.configure_runtime(memory_fraction=0.55, environ=env)
         assert env == {"CUDA_VISIBLE_DEVICES": "0", variable: "0.3",
                        "XLA_FLAGS": env["XLA_FLAGS"]}  # the user's choice stands
+    env = {"CUDA_VISIBLE_DEVICES": "0", "XLA_CLIENT_MEM_FRACTION": "0.5",
+           "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.6"}
+    with pytest.raises(ConfigError, match=r"^both XLA_CLIENT_MEM_FRACTION=0.5 and "
+                       r"XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 are set.*: unset "
+                       r"XLA_PYTHON_CLIENT_MEM_FRACTION, its deprecated name$"):
+        parallel.configure_runtime(environ=env)
+    assert "XLA_FLAGS" not in env  # nothing set on the way to the error
 
 
 def test_this_jaxlib_knows_every_flag_set_for_gpus():
     """XLA aborts on an unknown flag, and its CPU build parses the GPU ones too."""
-    flags = [*(f"{k}={v}" for k, v in parallel.GPU_XLA_FLAGS.items()),
+    flags = [*(f"{k}={v}" for k, v in {**parallel.GPU_XLA_FLAGS,
+                                        **parallel.DALI_GPU_XLA_FLAGS}.items()),
              "--xla_gpu_deterministic_ops=true"]
     result = run([sys.executable, "-c", "import jax; jax.numpy.ones(2).block_until_ready()"],
                  XLA_FLAGS=" ".join(flags))
