@@ -247,29 +247,53 @@ def main() -> None:
             image_size=args.image_size, dali_backend="dali_gpu" if on_gpu else "dali_cpu",
             dali_threads=args.dali_threads, data_root=args.data_root or "",
             warmup_steps=args.warmup_steps, steps=args.steps)
+        header = _header(torch_version, onnx_versions)
         rows = throughput.measure_rows(
             settings, args.archs, args.precisions, args.modes, batches, args.data,
-            onnx_provider=args.onnx_provider if args.onnx else None, with_torch=run_torch)
-    device_kind = jax.devices()[0].device_kind
-    header = {
-        "device_kind": device_kind, "platform": jax.default_backend(),
-        "devices": jax.device_count(), **machine.cpu(),
-        "jax": jax.__version__, "torch": torch_version, **(onnx_versions or {}),
-        **machine.provenance(),
-        "timing": "train: median of per-step intervals, one step queued ahead; infer: "
-                  "per-batch latency, blocking on each batch's logits",
-    }
+            onnx_provider=args.onnx_provider if args.onnx else None, with_torch=run_torch,
+            on_rows=lambda rows: _write_json(args.json, header, rows))
     onnx_note = (f", onnxruntime {onnx_versions['onnxruntime']}" if onnx_versions else "")
-    print(f"\n{device_kind} x{jax.device_count()} ({jax.default_backend()}), "
+    print(f"\n{header['device_kind']} x{jax.device_count()} ({jax.default_backend()}), "
           f"{header['cpu']}, {os.cpu_count()} cores; jax {jax.__version__}, torch "
           f"{torch_version}{onnx_note}; {args.image_size} px, batch per device")
     print_table(rows)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"header": header, "rows": rows}, f, indent=1)
+
+
+def _header(torch_version, onnx_versions) -> dict:
+    """What the JSON says of the machine and the method, beside the rows."""
+    return {
+        "device_kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+        "devices": jax.device_count(), **machine.cpu(),
+        "jax": jax.__version__, "torch": torch_version, **(onnx_versions or {}),
+        **machine.provenance(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "timing": "train: median of per-step intervals, one step queued ahead; infer: "
+                  "per-batch latency, blocking on each batch's logits",
+    }
+
+
+def _write_json(path: str | None, header: dict, rows: list[dict]) -> None:
+    """The rows so far, whole or not at all: a run killed part-way leaves those it finished."""
+    if not path:
+        return
+    with open(path + ".tmp", "w") as f:
+        json.dump({"header": header, "rows": rows}, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _dali_rows_on_gpu(argv) -> bool:
+    """Whether the command line asks for DALI rows (the default) on a machine with GPUs,
+    known before JAX starts: XLA's flags depend on it."""
+    early = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    early.add_argument("--data", type=_csv(DATA), default=list(DATA))
+    try:
+        data = early.parse_known_args(argv)[0].data
+    except argparse.ArgumentError:  # a bad --data: the real parser says so
+        return False
+    return "dali" in data and bool(parallel.visible_gpus())
 
 
 if __name__ == "__main__":
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch
-    parallel.configure_runtime()  # the trainer's XLA flags and compilation cache
+    # The trainer's XLA flags (command buffers off where DALI runs on the GPUs) and cache.
+    parallel.configure_runtime(dali_on_gpu=_dali_rows_on_gpu(sys.argv[1:]))
     main()

@@ -113,10 +113,11 @@ def jax_row(settings: Settings, config, data: str, mode: str, *, keep_batch: boo
 
 def measure(settings: Settings, arch: str, precision_name: str, batch: int, data: str,
             mode: str, *, macs: int, peak: float | None, onnx=None,
-            with_torch: bool = False) -> dict:
+            with_torch: bool = False, partial=None) -> dict:
     """A whole row: resnet_jax's figures and MFU, then ONNX Runtime's (`onnx`, an
     OnnxColumns, for synthetic fp32/tf32/fp16 inference rows) and the PyTorch reference's
-    with the ratio (`with_torch`); prints a line before each."""
+    with the ratio (`with_torch`); prints a line before each. `partial(row)` is called with
+    resnet_jax's figures before the PyTorch reference runs."""
     label = f"{arch} {mode} {data} {precision_name} batch {batch}"
     print(f"running {label} ...", flush=True)
     config = row_config(settings, arch, precision_name, batch, data)
@@ -132,6 +133,8 @@ def measure(settings: Settings, arch: str, precision_name: str, batch: int, data
                                 steps=settings.steps))
     del kept
     gc.collect()  # this row's state, batches and DALI pipeline
+    if with_torch and partial is not None:
+        partial(dict(row))
     if with_torch:
         print(f"running {label} (PyTorch reference) ...", flush=True)
         row.update(torch_baseline.torch_row(config, data, mode, warmup=settings.warmup_steps,
@@ -143,9 +146,15 @@ def measure(settings: Settings, arch: str, precision_name: str, batch: int, data
 
 
 def measure_rows(settings: Settings, archs, precisions, modes, batches: dict, data, *,
-                 onnx_provider: str | None = None, with_torch: bool = False) -> list[dict]:
+                 onnx_provider: str | None = None, with_torch: bool = False,
+                 on_rows=None) -> list[dict]:
     """Every row, in the order arch, precision, mode, batch (`batches[mode]`), data; with
-    `onnx_provider`, ONNX Runtime columns (each arch's sessions dropped after its rows)."""
+    `onnx_provider`, ONNX Runtime columns (each arch's sessions dropped after its rows).
+
+    `on_rows(rows)` is called with the rows so far whenever one is finished, and with a
+    row's resnet_jax figures before its PyTorch reference runs, so that a run killed
+    part-way can keep what it measured."""
+    on_rows = on_rows or (lambda rows: None)
     device_kind = jax.devices()[0].device_kind
     onnx = OnnxColumns(onnx_provider) if onnx_provider else None
     rows = []
@@ -154,9 +163,12 @@ def measure_rows(settings: Settings, archs, precisions, modes, batches: dict, da
             macs = flops.forward_macs(models.create(arch), settings.image_size)
             for precision_name, mode in itertools.product(precisions, modes):
                 peak = peak_flops(device_kind, precision_name)
-                rows += [measure(settings, arch, precision_name, batch, source, mode,
-                                 macs=macs, peak=peak, onnx=onnx, with_torch=with_torch)
-                         for batch, source in itertools.product(batches[mode], data)]
+                for batch, source in itertools.product(batches[mode], data):
+                    rows.append(measure(
+                        settings, arch, precision_name, batch, source, mode, macs=macs,
+                        peak=peak, onnx=onnx, with_torch=with_torch,
+                        partial=lambda row: on_rows([*rows, row])))
+                    on_rows(list(rows))
             if onnx is not None:
                 onnx.clear()  # this arch's ONNX Runtime sessions
     finally:
