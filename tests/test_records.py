@@ -1,12 +1,15 @@
 """Record files (RecordIO, TFRecord, WebDataset): pack, the index, read-back by other tools,
 the same batches as the folder layout, bad input, and training that resumes exactly."""
 
+import importlib.util
 import os
 import shutil
 import signal
 import struct
+import sys
 import threading
 import time
+import types
 
 from conftest import assert_same_variables, error_line, final_variables, main_command, run, start
 import jax
@@ -156,10 +159,31 @@ def test_webdataset_is_read_by_dalis_reader(demo_root, packed):
         split.labels.tolist()
 
 
+def _children_maps() -> list[str]:
+    """The memory maps (/proc/PID/maps) of this process's child processes."""
+    maps = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid():
+                with open(f"/proc/{pid}/maps") as f:
+                    maps.append(f.read())
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+    return maps
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_record_batches_are_the_folder_layouts_pixel_for_pixel(demo_root, packed, fmt):
+def test_record_batches_are_the_folder_layouts_pixel_for_pixel(demo_root, packed, fmt,
+                                                                monkeypatch):
     """Training from batch 2 (one pipeline over 8 devices, and one per device over 2) and
     two evaluation passes: the same images, labels, crops and flips as from the folders."""
+    # As under `python -m resnet_jax.main` (pytest's own main module is one that spawned
+    # processes do not import): DALI's workers must not import it, nor JAX through it.
+    trainer = types.ModuleType("__main__")
+    trainer.__spec__ = importlib.util.find_spec("resnet_jax.main")
+    monkeypatch.setitem(sys.modules, "__main__", trainer)
     common = dict(global_batch_size=8, image_size=32, dtype=dali._dali_dtype(np.float32),
                   seed=5, start=2, num_threads=1, on_gpu=False)
     splits = {name: (folders.scan_split(demo_root, name),
@@ -170,7 +194,14 @@ def test_record_batches_are_the_folder_layouts_pixel_for_pixel(demo_root, packed
 
     def train(split, mesh, per_device):
         stream = dali._train_stream(split, mesh=mesh, per_device=per_device, **common)
-        return [jax.device_get(next(stream)) for _ in range(3)]
+        batches = [jax.device_get(next(stream)) for _ in range(3)]
+        if split is splits["train"][1] and fmt == "recordio":
+            # DALI's spawned workers import worker_main as their main module, not the
+            # parent's: no JAX in them.
+            workers = [maps for maps in _children_maps() if "nvidia/dali" in maps]
+            assert len(workers) == (2 if per_device else 1) * dali.RANGE_WORKERS
+            assert not any("jaxlib" in maps for maps in workers)
+        return batches
 
     def evaluate(split):
         passes = dali.eval_iterator(split, global_batch_size=8, resize_size=36, image_size=32,

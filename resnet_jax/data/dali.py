@@ -19,8 +19,12 @@ mesh axis 'data': 'images' (B, size, size, 3), normalized, and 'labels' int32
 
 from collections.abc import Iterator
 import concurrent.futures
+import contextlib
+import importlib.util
 import itertools
 import math
+import sys
+import types as pytypes
 
 import jax
 from jax.sharding import Mesh
@@ -454,11 +458,31 @@ def train_iterator(split: Split, *, global_batch_size: int, image_size: int, ima
                          antialias=antialias, normalize=normalize)
 
 
+WORKER_MAIN = "resnet_jax.data.worker_main"
+
+
+@contextlib.contextmanager
+def _light_worker_main():
+    """While DALI spawns its workers, the main module they import is WORKER_MAIN (nothing),
+    not this process's (the trainer's command line and everything it imports)."""
+    main = sys.modules.get("__main__")
+    stand_in = pytypes.ModuleType("__main__")
+    stand_in.__spec__ = importlib.util.find_spec(WORKER_MAIN)
+    sys.modules["__main__"] = stand_in
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 def _start(pipes) -> None:
     """Builds `pipes` and starts each on its first batches, without waiting for any: their
-    start-up runs side by side rather than one after another."""
-    for pipe in pipes:
-        pipe.build()
+    start-up runs side by side rather than one after another. Pipelines with worker
+    processes start them here (`build`), with WORKER_MAIN as their main module."""
+    with _light_worker_main():
+        for pipe in pipes:
+            pipe.build()
     for pipe in pipes:
         pipe.schedule_run()  # the first call fills the prefetch queue
 
