@@ -136,6 +136,8 @@ def bench_pil(files, *, threads: int, batch: int, size: int, batches: int) -> di
 def bench_dali_pipeline(split, *, threads: int, batch: int, size: int, batches: int,
                         warmup: int) -> dict:
     """Steady-state img/s of resnet_jax's DALI training pipeline on the CPU, run directly."""
+    # Here, not at the top: the PIL loader's spawned workers import this module, and must not
+    # load DALI and JAX (resnet_jax.data.dali imports both) for each worker.
     from resnet_jax.data import dali
 
     pipe = dali.single_train_pipeline(split, batch_size=batch, image_size=size,
@@ -154,6 +156,7 @@ def bench_dali_pipeline(split, *, threads: int, batch: int, size: int, batches: 
 def bench_dali_iterator(split, *, threads: int, batch: int, size: int, batches: int,
                         warmup: int) -> dict:
     """Steady-state img/s of the trainer's dali_cpu iterator on a 1-device mesh."""
+    # Here, not at the top, for the same reason as in bench_dali_pipeline: the PIL workers.
     import jax
 
     from resnet_jax import parallel
