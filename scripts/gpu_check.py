@@ -3,26 +3,31 @@
   python scripts/gpu_check.py [--quick] [--cpu] [--out DIR] [--budget SECONDS]
       [--precisions bf16,fp16] [--epochs N]
 
-Parts, each a child process with a time limit (resnet_jax.bench.gpu_check):
+Parts, each a child process with a time limit (resnet_jax.bench.gpu_check),
+most telling first:
 
-1. devices: what JAX, the driver, DALI and PyTorch see, and that the
-   libraries every other part needs import;
-2. DALI smoke test: the training and evaluation pipelines built on every
+1. devices: what JAX, the driver, DALI and PyTorch see, the libraries every
+   other part needs, and a jitted computation with the project's XLA flags
+   and GPU memory setting;
+2. benchmarks (scripts/benchmark.py) of RN50 v1.5 training on synthetic data,
+   next to PyTorch (channels_last, AMP) on the same GPU where it can use it:
+   on all GPUs, on one, and without XLA's command buffers (as with dali_gpu);
+3. DALI smoke test: the training and evaluation pipelines built on every
    GPU, one sharded batch of each;
-3. training, per precision: RN50 v1.5 through DALI on the GPUs, a few hundred
+4. training, per precision: RN50 v1.5 through DALI on the GPUs, a few hundred
    steps on a generated JPEG tree, logging sparsely: the loss must fall, the
-   train step compile once, and `mode=eval` find the in-training top-1; its
-   img/s is the DALI throughput;
-4. benchmarks (scripts/benchmark.py): training and inference steps on
-   synthetic data (and DALI in the full check), on all GPUs and on one,
-   next to PyTorch (channels_last, AMP) on the same GPU where it can use it.
+   train step compile once, and `mode=eval` find the in-training top-1 (to one
+   image); its img/s is the DALI throughput; then the benchmark of the next
+   precision;
+5. SE-ResNeXt101 training and RN50 v1.5 inference (--quick); ResNeXt101 and
+   SE-ResNeXt101 with DALI rows and inference (the full check).
 
---quick keeps RN50 v1.5 and SE-ResNeXt101 (bf16) at one batch size near
-NVIDIA's, within a budget of 8 minutes (a part is not started without 20 s
-left; what is left out says so). Without DALI (a ready-made container),
-parts 2 and 3 are skipped with one line each and the synthetic benchmarks
-still run. The full check adds the DALI benchmark rows, ResNeXt101 and the
-benchmark's default inference batches: for a real node.
+--quick runs within a budget of 7 minutes, the first figure within 3: a part
+is started only when its whole time limit fits in what is left, and one that
+does not is reported as 'skipped (budget)', not as a failure. Without DALI (a
+ready-made container) parts 3 and 4 are skipped with one line each and the
+synthetic benchmarks still run. The full check adds the DALI benchmark rows
+and inference to each benchmark: for a real node.
 
 Everything goes to DIR (default runs/gpu_check): report.md (rewritten after
 every part, so a crash or a timeout is a failed line, never a lost report),
@@ -32,15 +37,32 @@ on the CPU, 2 simulated devices), for the test suite; --fail PART makes a
 part fail, to test the report.
 """
 
-# isort: off
-import resnet_jax  # noqa: F401  first, before jax: XLA's and TensorFlow's C++ logs stay quiet
-# isort: on
-
 import argparse
+import glob
 import os
 import sys
 
-from resnet_jax.bench import gpu_check
+
+def _use_checkout() -> None:
+    """Runs from the checkout, installed or not: the checkout and the wheels copied into .whl/
+    (or $WHEELS; pure-Python ones import from the file) go first on this process's path and
+    on PYTHONPATH, which every part's process inherits."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    wheels = sorted(glob.glob(os.path.join(os.environ.get("WHEELS") or
+                                           os.path.join(root, ".whl"), "*.whl")))
+    paths = [root, *(os.path.abspath(w) for w in wheels)]
+    sys.path[:0] = [p for p in paths if p not in sys.path]
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [*paths, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+_use_checkout()
+
+# isort: off
+import resnet_jax  # noqa: E402, F401  before jax: XLA's and TensorFlow's C++ logs stay quiet
+# isort: on
+
+from resnet_jax.bench import gpu_check  # noqa: E402
 
 PRECISIONS = ("bf16", "fp16")
 
