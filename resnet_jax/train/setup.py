@@ -84,34 +84,11 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
     parallel.log_devices()  # after the input checks: bad input prints its error alone
 
     # --- model, optimizer, steps -----------------------------------------------------------
-    peak_lr = config_lib.learning_rate(config, train_batch)
-    schedule = optimizer.schedule(peak_lr, warmup_epochs=config.warmup_epochs,
-                                  num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
-                                  unit=config.lr_schedule_unit,
-                                  warmup_from_zero=config.warmup_from_zero,
-                                  decay=config.lr_schedule, end=config.end_learning_rate,
-                                  power=config.lr_decay_power)
-    tx = optimizer.create(schedule, momentum=config.momentum, nesterov=config.nesterov,
-                          weight_decay=config.weight_decay,
-                          weight_decay_rule=config.weight_decay_rule, kind=config.optimizer,
-                          lars_eta=config.lars_eta, lars_eps=config.lars_eps)
-    model = models.build(config)
+    steps = build_steps(config, mesh, train_batch=train_batch, accumulation=accumulation,
+                        steps_per_epoch=steps_per_epoch)
     replicated = parallel.replicated(mesh)
-    state = jax.jit(
-        functools.partial(state_lib.create, model, tx, image_size=config.image_size,
-                          loss_scale=config.loss_scale_init if config.precision == "fp16" else 1.0,
-                          ema=config.ema_decay > 0),
-        out_shardings=replicated,
-    )(jax.random.key(config.seed))
-    train_step = step_lib.make_train_step(
-        model, tx, schedule, mesh, num_classes=config.num_classes,
-        label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
-        mixup_per_sample=config.mixup_per_sample,
-        fp16=config.precision == "fp16",
-        loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed,
-        accumulation_steps=accumulation, ema_decay=config.ema_decay,
-        loss_scale_max=config.loss_scale_max)
-    eval_step = step_lib.make_eval_step(models.build(config, train=False), mesh)
+    state = jax.jit(steps.create_state, out_shardings=replicated)(jax.random.key(config.seed))
+    train_step, eval_step, peak_lr = steps.train_step, steps.eval_step, steps.peak_learning_rate
 
     # --- checkpoint: resume, or start from init_checkpoint -----------------------------------
     ckpt = None
@@ -135,6 +112,48 @@ def setup_train_loop(config: ml_collections.ConfigDict, workdir: str | None, *,
                     accumulation=accumulation, peak_learning_rate=peak_lr,
                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, ckpt=ckpt,
                     meta=meta)
+
+
+@dataclasses.dataclass
+class Steps:
+    """A config's compiled functions on a mesh, before any data or state exists."""
+
+    create_state: object  # PRNG key -> the initial TrainState (not jitted)
+    train_step: object  # jitted, the state donated
+    eval_step: object  # jitted
+    peak_learning_rate: float
+
+
+def build_steps(config, mesh, *, train_batch: int, accumulation: int,
+                steps_per_epoch: int) -> Steps:
+    """The model, optimizer, schedule, state and steps of `config` on `mesh`: what a run
+    trains with, and what scripts/benchmark_compiled.py compiles for GPUs it does not have."""
+    peak_lr = config_lib.learning_rate(config, train_batch)
+    schedule = optimizer.schedule(peak_lr, warmup_epochs=config.warmup_epochs,
+                                  num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
+                                  unit=config.lr_schedule_unit,
+                                  warmup_from_zero=config.warmup_from_zero,
+                                  decay=config.lr_schedule, end=config.end_learning_rate,
+                                  power=config.lr_decay_power)
+    tx = optimizer.create(schedule, momentum=config.momentum, nesterov=config.nesterov,
+                          weight_decay=config.weight_decay,
+                          weight_decay_rule=config.weight_decay_rule, kind=config.optimizer,
+                          lars_eta=config.lars_eta, lars_eps=config.lars_eps)
+    model = models.build(config)
+    create_state = functools.partial(
+        state_lib.create, model, tx, image_size=config.image_size,
+        loss_scale=config.loss_scale_init if config.precision == "fp16" else 1.0,
+        ema=config.ema_decay > 0)
+    train_step = step_lib.make_train_step(
+        model, tx, schedule, mesh, num_classes=config.num_classes,
+        label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+        mixup_per_sample=config.mixup_per_sample,
+        fp16=config.precision == "fp16",
+        loss_scale_growth_interval=config.loss_scale_growth_interval, seed=config.seed,
+        accumulation_steps=accumulation, ema_decay=config.ema_decay,
+        loss_scale_max=config.loss_scale_max)
+    eval_step = step_lib.make_eval_step(models.build(config, train=False), mesh)
+    return Steps(create_state, train_step, eval_step, peak_lr)
 
 
 # --- the resume and fine-tuning policy ----------------------------------------------------
