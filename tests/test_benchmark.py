@@ -3,6 +3,7 @@ times, and what its inference rows report."""
 
 import json
 import os
+import re
 import sys
 
 from conftest import ROOT, run
@@ -127,3 +128,13 @@ def test_inference_rows_report_latency_of_jax_onnx_runtime_and_pytorch(tmp_path)
             1e3 * batch / row[f"{prefix}latency_ms_avg"])
     assert row["onnx_provider"] == "CPUExecutionProvider" and row["onnx_precision"] == "fp32"
     assert row["onnx_max_rel_diff"] < 1e-4  # the same model: the same logits
+
+
+def test_compiled_benchmark_without_the_cuda_plugin_says_what_to_install():
+    """The unit suite's environment has no CUDA plugin (it lives in .venv-gpu-compile)."""
+    result = run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_compiled.py"),
+                  "--archs=resnet_tiny", "--targets=h100"])
+    assert result.returncode == 2, result.output
+    assert re.search(r"^error: cannot compile for NVIDIA H100 80GB HBM3 here \(.*\): install the "
+                     r"CUDA plugin and ptxas \(pip install -e '\.\[gpu-compile\]'\) and run with "
+                     r"JAX_PLATFORMS=cpu$", result.stderr, re.M), result.output
