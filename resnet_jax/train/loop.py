@@ -113,7 +113,7 @@ class RunOutputs:
         best = self.ckpt.best_meta() if self.ckpt is not None else None
         self.best = (best["eval_top1"], best["epoch"]) if best else None
         self.target_reached = False
-        self._start_step = run.start_step  # read now: the train step donates run.state
+        self._start_step = run.start_step  # read once, before the loop replaces run.state
         self._first_step = self._start_step + 1
         # The first training step starts now: the time to target counts from here.
         self._started = time.perf_counter()

@@ -119,7 +119,7 @@ class Steps:
     """A config's compiled functions on a mesh, before any data or state exists."""
 
     create_state: object  # PRNG key -> the initial TrainState (not jitted)
-    train_step: object  # jitted, the state donated
+    train_step: object  # jitted
     eval_step: object  # jitted
     peak_learning_rate: float
 
@@ -194,7 +194,7 @@ def resume(ckpt: checkpoint.Checkpointer, state: state_lib.TrainState, config,
     new_step = images // train_batch
     reporting.log(f"the global batch is now {train_batch} (was {images // max(saved_step, 1)}): "
                   f"step {saved_step} becomes step {new_step}, after the same {images} images")
-    def count():  # a new array each call: the train step donates every leaf of the state
+    def count():  # a new array each call: no two leaves of the state share a buffer
         return jax.device_put(np.asarray(new_step, state.step.dtype), sharding)
 
     opt_state = optax.tree_utils.tree_set(state.opt_state, count=count())

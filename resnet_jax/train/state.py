@@ -43,8 +43,8 @@ def create(model, tx, rng, *, image_size: int, loss_scale: float,
 
 
 def ema_start(params, batch_stats):
-    """The moving average as it starts: copies of the weights and BN statistics (copies,
-    since the train step donates every leaf of the state)."""
+    """The moving average as it starts: copies of the weights and BN statistics (copies, so
+    that no two leaves of the state share a buffer)."""
     return jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
 
 
