@@ -74,6 +74,13 @@ TARGETS = {
 }
 
 
+def target_for(device_kind: str) -> str | None:
+    """The TARGETS key of a GPU as jax names it ('NVIDIA H200' -> 'h200'), or None. Any
+    A100 is counted as the 80 GB SXM part, any H100 as the SXM part."""
+    kind = device_kind.lower()
+    return next((key for key in ("h200", "h100", "a100") if key in kind), None)
+
+
 def target_config(target: GpuTarget) -> str:
     """The GpuTargetConfigProto (text format) that XLA compiles for."""
     major, minor = target.compute_capability
@@ -157,6 +164,10 @@ def compile_steps(config, target: GpuTarget, devices: int = 1) -> Compiled:
 
     setup.prepare(config)
     mesh = topology_mesh(target, devices)
+    return _compile(setup, config, mesh, target, devices)
+
+
+def _compile(setup, config, mesh, target, devices) -> Compiled:
     accumulation = config_lib.accumulation_steps(config, devices)
     train_batch = config_lib.optimizer_batch_size(config, devices)
     steps = setup.build_steps(config, mesh, train_batch=train_batch, accumulation=accumulation,
@@ -457,5 +468,5 @@ def row(arch: str, precision_name: str, target_name: str, devices: int = 1,
         "eval": dataclasses.asdict(evaluate),
         "published": None if published is None else {
             "images_per_sec_per_gpu": published.images_per_sec_per_gpu,
-            "source": published.source},
+            "device": published.device, "source": published.source},
     }

@@ -148,6 +148,8 @@ class Context:
     gpus: int | None = None  # GPUs seen before JAX starts, and where that was read
     gpu_source: str = "none found"
     rows: list = dataclasses.field(default_factory=list)  # the throughput table's rows
+    # (arch, precision, per-GPU batch) -> the compiled program's counted ceiling, img/s per GPU
+    ceilings: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -163,8 +165,10 @@ class Part:
 class Report:
     """report.md and report.json, rewritten after every part."""
 
-    def __init__(self, out: str, head: list[str], rows: list[dict]):
+    def __init__(self, out: str, head: list[str], rows: list[dict],
+                 ceilings: dict | None = None):
         self.out, self.head, self.rows = out, head, rows
+        self.ceilings = {} if ceilings is None else ceilings
         self.parts, self.blocks, self.failed, self.skipped = [], [], [], []
         self.result = None
 
@@ -188,7 +192,8 @@ class Report:
     def write(self, pending: str | None = None) -> None:
         lines = [*self.head, "## Parts", "", *self.blocks]
         if self.rows:
-            lines += ["## Throughput per GPU", "", *throughput_table(self.rows), ""]
+            lines += ["## Throughput per GPU", "", *throughput_table(self.rows, self.ceilings),
+                      ""]
         if self.result is not None:
             lines += ["## Result", "", self.result, ""]
         else:
@@ -219,16 +224,25 @@ def _fmt(value, spec: str, missing: str = "n/a") -> str:
     return missing if value is None else format(value, spec)
 
 
-def throughput_table(rows: list[dict]) -> list[str]:
-    """The markdown table of every throughput figure measured."""
-    lines = ["| arch | mode | data | precision | batch/GPU | GPUs | img/s per GPU | TFLOP/s per "
-             "GPU | MFU | JAX peak mem | PyTorch img/s | ratio | NVIDIA published (per GPU) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def throughput_table(rows: list[dict], ceilings: dict | None = None) -> list[str]:
+    """The markdown table of every throughput figure measured, each beside the compiled
+    program's counted ceiling (resnet_jax.bench.compiled): the row's own program's where the
+    benchmark counted it, else the 'compiled program' part's for the same arch, precision
+    and batch; and the share of it reached."""
+    ceilings = ceilings or {}
+    lines = ["| arch | mode | data | precision | batch/GPU | GPUs | img/s per GPU | counted "
+             "ceiling | of ceiling | TFLOP/s per GPU | MFU | JAX peak mem | PyTorch img/s | "
+             "ratio | NVIDIA published (per GPU) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mfu = None if r.get("mfu") is None else 100 * r["mfu"]
+        ceiling = r.get("ceiling") or (ceilings.get((r["arch"], r["precision"], r["batch"]))
+                                       if r["mode"] == "train" else None)
+        share = None if not ceiling else 100 * r["images_per_sec_per_gpu"] / ceiling
         lines.append(
             f"| {r['arch']} | {r['mode']} | {r['data']} | {r['precision']} | {r['batch']} | "
-            f"{r['devices']} | {r['images_per_sec_per_gpu']:,.0f} | "
+            f"{r['devices']} | {r['images_per_sec_per_gpu']:,.0f} | {_fmt(ceiling, ',.0f')} | "
+            f"{_fmt(share, '.0f')}% | "
             f"{_fmt(r.get('tflops_per_gpu'), '.1f')} | {_fmt(mfu, '.1f')}% | "
             f"{_fmt(r.get('peak_memory_gib'), '.1f')} GiB | "
             f"{_fmt(r.get('torch_images_per_sec'), ',.0f')} | {_fmt(r.get('ratio'), '.2f')} | "
@@ -542,11 +556,53 @@ def _bench_row(ctx: Context, r: dict, note: str, source: str) -> str:
         "peak_memory_gib": _per(r.get("peak_memory_bytes"), 2**30),
         "torch_images_per_sec": r.get("torch_images_per_sec"), "ratio": r.get("ratio"),
         "published": _published(r["arch"], ctx.device_kind, r["mode"]),
-        "source": source})
+        "ceiling": r.get("ceiling_images_per_sec"), "source": source})
     return (f"- {r['mode']} {r['data']}{note} batch {r['per_device_batch']}/GPU on "
             f"{r['devices']} device(s): {per_gpu:,.0f} img/s per GPU"
             + (f", PyTorch {r['torch_images_per_sec']:,.0f} (ratio {r['ratio']:.2f})"
                if r.get("torch_images_per_sec") else ""))
+
+
+COUNTER = os.path.join(ROOT, "scripts", "benchmark_compiled.py")
+
+
+def counted_part(arch: str, precision: str, batch: int):
+    """The training step of `arch` compiled for the GPU the devices part found, without
+    running it (scripts/benchmark_compiled.py, JAX on the CPU), and counted: its ceiling
+    stands beside every measured img/s of the same arch, precision and batch, and is in the
+    report even when a part that runs on the GPU fails."""
+
+    def run(ctx: Context, timeout: float) -> list[str]:
+        from resnet_jax.bench import compiled  # imports jax; starts no backend
+
+        name = compiled.target_for(ctx.device_kind)
+        if name is None:
+            raise PartFailed(f"no counted target for {ctx.device_kind!r} (the counter knows "
+                             f"{', '.join(t.name for t in compiled.TARGETS.values())})")
+        json_path = os.path.join(ctx.out, f"compiled_{arch}_{precision}.json")
+        outcome = run_logged([sys.executable, COUNTER, f"--archs={arch}",
+                              f"--precisions={precision}", f"--targets={name}",
+                              f"--batch={batch}", f"--json={json_path}"],
+                             json_path.replace(".json", ".log"), timeout=timeout,
+                             env=dict(ctx.env, JAX_PLATFORMS="cpu"))
+        _ended(outcome, "the count of the compiled program")
+        with open(json_path) as f:
+            rows = json.load(f)["rows"]
+        lines = []
+        for r in rows:
+            t = r["train"]
+            ctx.ceilings[(r["arch"], r["precision"], r["per_device_batch"])] = (
+                t["images_per_sec"])
+            lines.append(
+                f"- {r['arch']} {r['precision']} training, batch {r['per_device_batch']}/GPU, "
+                f"compiled for one {compiled.TARGETS[name].name} in {r['compile_s']:.0f} s: "
+                f"{t['kernels']:,} kernels, {t['bytes_per_image'] / 1e6:.0f} MB and "
+                f"{t['conv_flops_per_image'] / 1e9:.1f} conv GFLOP per image, ceiling "
+                f"{t['images_per_sec']:,.0f} img/s per GPU (per-kernel roofline at the "
+                "data-sheet peaks: an upper bound; no autotuning)")
+        return lines
+
+    return run
 
 
 def _injected_failure(name: str):
@@ -578,8 +634,8 @@ BATCH = {RN50: 256, SE_RNXT: 128, "resnet_tiny": 4}
 # compiles the step (cross-compiled here: RN50 v1.5 14-19 s on 2 cores, SE-ResNeXt101 38-64
 # s; a GPU also autotunes), times 25 steps, then PyTorch does the same.
 LIMIT = {"devices": 40, "benchmark": 140, "benchmark without command buffers": 100,
-         "DALI smoke test": 90, "train": 240, "benchmark SE-ResNeXt101": 200,
-         "inference": 120, "full benchmark": 600}
+         "compiled program": 60, "DALI smoke test": 90, "train": 240,
+         "benchmark SE-ResNeXt101": 200, "inference": 120, "full benchmark": 600}
 
 
 def plan(*, quick: bool, cpu: bool, precisions: list[str], devices: int) -> list[Part]:
@@ -606,6 +662,9 @@ def plan(*, quick: bool, cpu: bool, precisions: list[str], devices: int) -> list
                                      label="_no_command_buffers", torch=False,
                                      command_buffers=False),
                           LIMIT["benchmark without command buffers"]))
+    if not cpu:  # needs the GPU's kind (the devices part) and XLA's CUDA compiler
+        parts.append(Part(f"compiled program {arch} {first}",
+                          counted_part(arch, first, BATCH[arch]), LIMIT["compiled program"]))
     parts.append(Part("DALI smoke test", smoke_part, LIMIT["DALI smoke test"], needs_dali=True))
     for precision in precisions:
         parts.append(Part(f"train {precision}", train_part(precision), LIMIT["train"],
@@ -724,7 +783,7 @@ def run_check(args) -> int:
                  f"{epochs} epochs of {steps_per_epoch} steps, {devices} device(s) x "
                  f"{per_device} images.", ""]
     print(f"gpu_check: writing {args.out}/report.md", flush=True)
-    report = Report(args.out, head, ctx.rows)
+    report = Report(args.out, head, ctx.rows, ctx.ceilings)
     run_parts(plan(quick=args.quick, cpu=args.cpu, precisions=args.precisions,
                    devices=devices), ctx, report,
               deadline=started + (args.budget or math.inf), budget=args.budget,

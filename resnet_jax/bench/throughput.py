@@ -17,6 +17,7 @@ import numpy as np
 
 from resnet_jax import config as config_lib
 from resnet_jax import models
+from resnet_jax.bench import compiled as compiled_lib
 from resnet_jax.bench import torch_baseline
 from resnet_jax.bench.onnx_runtime import ONNX_PRECISIONS, OnnxColumns
 from resnet_jax.bench.timing import latency_summary, step_summary, time_latency, time_steps
@@ -68,6 +69,18 @@ def peak_memory() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
+def counted(compiled, config, mesh) -> dict:
+    """On a GPU this project can count (resnet_jax.bench.compiled), the measured program's
+    kernels, bytes per image and per-kernel roofline ceiling; else nothing."""
+    name = compiled_lib.target_for(jax.devices()[0].device_kind)
+    if jax.default_backend() != "gpu" or name is None:
+        return {}
+    counts = compiled_lib.count(compiled, compiled_lib.TARGETS[name],
+                                config.per_device_batch_size, precision_name=config.precision)
+    return {"kernels": counts.kernels, "bytes_per_image": counts.bytes_per_image,
+            "ceiling_images_per_sec": counts.images_per_sec, "ceiling_target": name}
+
+
 def jax_row(settings: Settings, config, data: str, mode: str, *, keep_batch: bool = False):
     """(row, kept): one resnet_jax row of `config` (row_config's); with `keep_batch`, the
     inference row's variables, one device's batch and its logits (on the host), else None."""
@@ -102,7 +115,8 @@ def jax_row(settings: Settings, config, data: str, mode: str, *, keep_batch: boo
            config.data.backend, "precision": config.precision,
            "per_device_batch": config.per_device_batch_size, "global_batch": global_batch,
            "devices": mesh.size, "image_size": config.image_size, **summary,
-           "peak_memory_bytes": peak_memory(), "xla_memory_bytes": xla_memory(compiled)}
+           "peak_memory_bytes": peak_memory(), "xla_memory_bytes": xla_memory(compiled),
+           **counted(compiled, config, mesh)}
     kept = None
     if mode == "infer" and keep_batch:
         images, logits = (np.asarray(jax.device_get(box[k][:config.per_device_batch_size]),
