@@ -131,10 +131,13 @@ def test_inference_rows_report_latency_of_jax_onnx_runtime_and_pytorch(tmp_path)
 
 
 def test_compiled_benchmark_without_the_cuda_plugin_says_what_to_install():
-    """The unit suite's environment has no CUDA plugin (it lives in .venv-gpu-compile)."""
+    """The unit suite's, the demo's and a CPU user's environment has no CUDA plugin (it lives
+    in .venv-gpu-compile): JAX neither probes for CUDA nor warns about drivers there."""
     result = run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_compiled.py"),
                   "--archs=resnet_tiny", "--targets=h100"])
     assert result.returncode == 2, result.output
+    for warning in ("cudart_stub", "Could not find cuda drivers", "backend 'cuda'"):
+        assert warning not in result.output
     assert re.search(r"^error: cannot compile for NVIDIA H100 80GB HBM3 here \(.*\): install the "
                      r"CUDA plugin and ptxas \(pip install -e '\.\[gpu-compile\]'\) and run with "
                      r"JAX_PLATFORMS=cpu$", result.stderr, re.M), result.output
