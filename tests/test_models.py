@@ -189,3 +189,52 @@ def test_same_padding_is_tensorflows_one_more_at_the_bottom_and_right():
     assert not np.allclose(logits["symmetric_same_pool"], logits["symmetric"], atol=1e-3)
     with pytest.raises(ValueError, match="padding must be one of symmetric, same"):
         models.create("resnet_tiny", padding="valid").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_relu_is_flaxs_with_a_hand_written_backward(dtype):
+    """models.batchnorm.BatchNorm: flax's variables, outputs and running averages, and the
+    gradients autodiff gives through nn.BatchNorm and nn.relu (the training step's backward
+    pass is written out), with and without the ReLU; eval mode is flax's too."""
+    from resnet_jax.models.batchnorm import BatchNorm
+
+    x = (3 * jax.random.normal(jax.random.key(1), (4, 5, 5, 6)) + 1).astype(dtype)
+    dy = jax.random.normal(jax.random.key(2), x.shape).astype(dtype)
+    kw = dict(momentum=0.9, epsilon=1e-5, dtype=dtype)
+    for relu in (False, True):
+        ours = BatchNorm(relu=relu, **kw)
+        theirs = nn.BatchNorm(use_running_average=False, **kw)
+        variables = theirs.init(jax.random.key(0), x)
+        variables = {"params": {"scale": jnp.linspace(0.5, 1.5, 6), "bias": jnp.linspace(
+            -1, 1, 6)}, "batch_stats": variables["batch_stats"]}
+        assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(
+            variables)
+
+        def run(module, activation, params, x, variables=variables):
+            y, new = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+            return activation(y), new
+
+        outputs = []
+        for module, activation in ((ours, lambda y: y),
+                                   (theirs, nn.relu if relu else lambda y: y)):
+            forward = functools.partial(run, module, activation)
+            y, new = forward(variables["params"], x)
+            grads = jax.grad(lambda p, x, f=forward: jnp.sum(
+                f(p, x)[0].astype(jnp.float32) * dy.astype(jnp.float32)),
+                argnums=(0, 1))(variables["params"], x)
+            outputs.append((y, new, grads))
+        (y, new, grads), (y_ref, new_ref, grads_ref) = outputs
+        np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(new_ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                       rtol=tolerance, atol=tolerance)
+        # Evaluation: the running averages, as flax uses them.
+        frozen = BatchNorm(relu=relu, use_running_average=True, **kw)
+        reference = nn.BatchNorm(use_running_average=True, **kw)
+        evaluated = frozen.apply({**variables, "batch_stats": new_ref["batch_stats"]}, x)
+        expected = reference.apply({**variables, "batch_stats": new_ref["batch_stats"]}, x)
+        np.testing.assert_array_equal(np.asarray(evaluated, np.float32), np.asarray(
+            nn.relu(expected) if relu else expected, np.float32))

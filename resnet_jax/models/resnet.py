@@ -19,6 +19,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_jax.models.batchnorm import BatchNorm
+
 ModuleDef = Any
 
 
@@ -104,7 +106,7 @@ class Bottleneck(nn.Module):
     def __call__(self, x):
         residual = x
         y = self.conv(self.width, (1, 1), name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.norm(relu=True, name="bn1")(y)
         y = self.conv(
             self.width,
             (3, 3),
@@ -113,7 +115,7 @@ class Bottleneck(nn.Module):
             feature_group_count=self.groups,
             name="conv2",
         )(y)
-        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.norm(relu=True, name="bn2")(y)
         y = self.conv(self.out_channels, (1, 1), name="conv3")(y)
         scale_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
         y = self.norm(scale_init=scale_init, name="bn3")(y)
@@ -174,7 +176,7 @@ class ResNet(nn.Module):
                            use_bias=use_bias, padding=padding, dtype=self.dtype,
                            param_dtype=jnp.float32, kernel_init=kernel_init, **kwargs)
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -184,7 +186,7 @@ class ResNet(nn.Module):
         )
         x = jnp.asarray(x, self.dtype)
         x = conv(self.stem_width, (7, 7), strides=(2, 2), padding=stem_padding, name="conv1")(x)
-        x = nn.relu(norm(name="bn1")(x))
+        x = norm(relu=True, name="bn1")(x)
         # Both frameworks' max pools pad with -inf.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pool_padding)
         stages = zip(self.stage_sizes, self.stage_widths, strict=True)
