@@ -20,6 +20,9 @@ GPU is beside it (resnet_jax.bench.baselines). Method: resnet_jax.bench.compiled
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for GPUs; run nothing
+# A program compiled for compile-only devices cannot be loaded back from JAX's cache: do not
+# write it there.
+os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
 
 # isort: off
 import resnet_jax  # noqa: E402, F401  before jax: XLA's and TensorFlow's C++ logs stay quiet

@@ -40,7 +40,9 @@ import numpy as np
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax import hardware, precision
+from resnet_jax.bench import baselines
 from resnet_jax.errors import ConfigError
+from resnet_jax.train import setup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,14 +162,8 @@ def _abstract(tree, sharding):
 
 def compile_steps(config, target: GpuTarget, devices: int = 1) -> Compiled:
     """The train and eval steps of `config` compiled for `devices` GPUs of `target`."""
-    from resnet_jax.train import setup  # the trainer: imported once a compile is asked for
-
     setup.prepare(config)
     mesh = topology_mesh(target, devices)
-    return _compile(setup, config, mesh, target, devices)
-
-
-def _compile(setup, config, mesh, target, devices) -> Compiled:
     accumulation = config_lib.accumulation_steps(config, devices)
     train_batch = config_lib.optimizer_batch_size(config, devices)
     steps = setup.build_steps(config, mesh, train_batch=train_batch, accumulation=accumulation,
@@ -450,8 +446,6 @@ DEFAULT_BATCH = {"resnet50_v15": 192, "resnext101_32x4d": 112, "se_resnext101_32
 def row(arch: str, precision_name: str, target_name: str, devices: int = 1,
         per_device_batch: int | None = None, image_size: int = 224) -> dict:
     """The train and eval steps of `arch` compiled for `devices` GPUs of a target, counted."""
-    from resnet_jax.bench import baselines  # the published figures, beside the ceiling
-
     batch = per_device_batch or DEFAULT_BATCH[arch]
     target = TARGETS[target_name]
     compiled = compile_steps(step_config(arch, precision_name, batch, image_size), target,

@@ -573,7 +573,9 @@ def counted_part(arch: str, precision: str, batch: int):
     report even when a part that runs on the GPU fails."""
 
     def run(ctx: Context, timeout: float) -> list[str]:
-        from resnet_jax.bench import compiled  # imports jax; starts no backend
+        # Here, not at the top: it imports the whole trainer, which this process (it runs no
+        # JAX computation, see above) needs for nothing else.
+        from resnet_jax.bench import compiled
 
         name = compiled.target_for(ctx.device_kind)
         if name is None:
