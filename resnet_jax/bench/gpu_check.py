@@ -258,7 +258,7 @@ def _published(arch: str, device_kind: str, mode: str) -> str:
 # --- the parts ---------------------------------------------------------------------------
 
 _PROBE = r"""
-import importlib, importlib.util, json, os, platform
+import importlib, importlib.util, json, platform
 out = {"python": platform.python_version()}
 # The settings every later part may run with (command buffers off too, as with dali_gpu): a
 # flag this jaxlib refuses, or a memory variable that sends JAX to the CPU, shows here.
@@ -273,9 +273,12 @@ def present(name):
 import jax
 out.update(jax=jax.__version__, backend=jax.default_backend(),
            devices=[d.device_kind for d in jax.devices()])
-x = jax.numpy.arange(256.0).reshape(16, 16)
+# Small integers: exact in every matmul precision (TF32 too) and in any summation order.
+x = (jax.numpy.arange(256.0) % 8).reshape(16, 16)
 total = float(jax.jit(lambda a: (a @ a.T).sum())(x))
-out["jit"] = {"ok": total == float((x @ x.T).sum()), "platform": x.devices().pop().platform}
+rows = [[(16 * r + c) % 8 for c in range(16)] for r in range(16)]
+expected = sum(sum(a * b for a, b in zip(u, v)) for u in rows for v in rows)
+out["jit"] = {"ok": total == expected, "platform": x.devices().pop().platform}
 for name in ("flax", "optax", "orbax.checkpoint", "ml_collections"):
     out[name] = getattr(importlib.import_module(name), "__version__", "present") \
         if present(name) else None
