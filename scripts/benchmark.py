@@ -295,5 +295,8 @@ def _dali_rows_on_gpu(argv) -> bool:
 if __name__ == "__main__":
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch
     # The trainer's XLA flags (command buffers off where DALI runs on the GPUs) and cache.
-    parallel.configure_runtime(dali_on_gpu=_dali_rows_on_gpu(sys.argv[1:]))
+    try:
+        parallel.configure_runtime(dali_on_gpu=_dali_rows_on_gpu(sys.argv[1:]))
+    except ConfigError as error:  # e.g. both names of JAX's GPU memory share set
+        sys.exit(f"error: {error}")
     main()
