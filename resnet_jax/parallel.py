@@ -110,7 +110,7 @@ GPU_XLA_FLAGS = {
 # buffers (CUDA graphs), which conflict with the CUDA work of DALI's background threads on the
 # same GPU (DALI's JAX guidance and its Flax example turn them off too). Elsewhere (synthetic
 # data, DALI on the CPU, commands without DALI) XLA's default stands: a step of RN50 v1.5 has
-# about 1,300 kernels, each a separate launch without them.
+# about 1,000 kernels (scripts/benchmark_compiled.py), each a separate launch without them.
 DALI_GPU_XLA_FLAGS = {"--xla_gpu_enable_command_buffer": ""}
 # The share of each GPU's memory that JAX takes at start-up when the user has not chosen (one
 # of MEMORY_VARIABLES in the environment). JAX's own default is 0.75; DALI's GPU decoders
