@@ -86,7 +86,8 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
             variables = {"params": params, "batch_stats": state.batch_stats}
             logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
             loss = cross_entropy(logits, targets)
-            return loss * state.loss_scale, (loss, logits, updates["batch_stats"])
+            scaled = loss * state.loss_scale if fp16 else loss  # the scale is fp16's alone
+            return scaled, (loss, logits, updates["batch_stats"])
 
         grads, (loss, logits, batch_stats) = jax.grad(scaled_loss, has_aux=True)(state.params)
         top1 = jnp.mean(jnp.argmax(logits, -1) == labels)
@@ -124,7 +125,8 @@ def make_train_step(model, tx, schedule, mesh, *, num_classes: int, label_smooth
 
     def train_step(state: TrainState, batch):
         grads, batch_stats, metrics = sharded_grads(state, batch["images"], batch["labels"])
-        grads = jax.tree.map(lambda g: g / state.loss_scale, grads)
+        if fp16:  # elsewhere the scale is 1 for good: no pass over the gradients for it
+            grads = jax.tree.map(lambda g: g / state.loss_scale, grads)
         finite = all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
