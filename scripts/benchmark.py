@@ -275,9 +275,7 @@ def _write_json(path: str | None, header: dict, rows: list[dict]) -> None:
     """The rows so far, whole or not at all: a run killed part-way leaves those it finished."""
     if not path:
         return
-    with open(path + ".tmp", "w") as f:
-        json.dump({"header": header, "rows": rows}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    machine.write_atomic(path, json.dumps({"header": header, "rows": rows}, indent=1))
 
 
 def _dali_rows_on_gpu(argv) -> bool:

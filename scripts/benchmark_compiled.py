@@ -33,7 +33,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 from resnet_jax import models, quiet  # noqa: E402
-from resnet_jax.bench import compiled  # noqa: E402
+from resnet_jax.bench import compiled, machine  # noqa: E402
 from resnet_jax.errors import ConfigError  # noqa: E402
 
 
@@ -107,8 +107,7 @@ def main() -> int:
                     rows.append(compiled.row(arch, precision_name, target, args.devices,
                                              args.batch or None, args.image_size))
                     if args.json:  # after every row: a run stopped part-way keeps its rows
-                        with open(args.json, "w") as f:
-                            json.dump({"rows": rows}, f, indent=1)
+                        machine.write_atomic(args.json, json.dumps({"rows": rows}, indent=1))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

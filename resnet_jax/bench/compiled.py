@@ -39,7 +39,7 @@ import numpy as np
 
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
-from resnet_jax import hardware, precision
+from resnet_jax import hardware, models, precision
 from resnet_jax.bench import baselines
 from resnet_jax.errors import ConfigError
 from resnet_jax.train import setup
@@ -130,13 +130,20 @@ def topology_mesh(target: GpuTarget, devices: int) -> Mesh:
 # --- compiling a config's steps -----------------------------------------------------------
 
 
-def step_config(arch: str, precision_name: str, per_device_batch: int, image_size: int = 224):
-    """The arch's recipe with the row's precision and per-GPU batch, on synthetic data, one
-    optimizer step per batch (a recipe's gradient accumulation repeats the same micro-batch
-    program; the ResNeXts' optimizer batch of 1,024 is left out)."""
-    config = config_lib.recipe(arch if arch != "resnet_tiny" else "resnet50_v15")
+def arch_recipe(arch: str, precision_name: str, per_device_batch: int, image_size: int):
+    """The arch's recipe with a benchmark row's precision, per-device batch and image size
+    (resnet_tiny, for dry runs, has no recipe of its own: it borrows RN50 v1.5's)."""
+    config = config_lib.recipe(arch if arch in models.FULL_SIZE else "resnet50_v15")
     config.arch, config.precision = arch, precision_name
     config.per_device_batch_size, config.image_size = per_device_batch, image_size
+    return config
+
+
+def step_config(arch: str, precision_name: str, per_device_batch: int, image_size: int = 224):
+    """`arch_recipe` on synthetic data, one optimizer step per batch (a recipe's gradient
+    accumulation repeats the same micro-batch program; the ResNeXts' optimizer batch of
+    1,024 is left out)."""
+    config = arch_recipe(arch, precision_name, per_device_batch, image_size)
     config.data.backend = "synthetic"
     config.optimizer_batch_size = 0
     return config
@@ -167,7 +174,8 @@ def compile_steps(config, target: GpuTarget, devices: int = 1) -> Compiled:
     accumulation = config_lib.accumulation_steps(config, devices)
     train_batch = config_lib.optimizer_batch_size(config, devices)
     steps = setup.build_steps(config, mesh, train_batch=train_batch, accumulation=accumulation,
-                              steps_per_epoch=data_lib.steps_per_epoch(1281167, train_batch))
+                              steps_per_epoch=data_lib.steps_per_epoch(
+                                  config.data.synthetic_train_images, train_batch))
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     state = _abstract(jax.eval_shape(steps.create_state, jax.random.key(0)), replicated)
     size, dtype = config.image_size, precision.image_dtype(config.precision)
@@ -275,7 +283,7 @@ def _dot_flops(line: str, result, operands) -> float:
     return 2.0 * math.prod(result[0][1]) * size
 
 
-def _fusion_flops(computations, name: str, seen=None) -> float:
+def _fusion_flops(computations, name: str) -> float:
     """The FLOPs of the dots and convolutions inside a fused computation."""
     flops = 0.0
     shapes = {}

@@ -27,7 +27,7 @@ import threading
 import time
 
 from resnet_jax import parallel  # imports jax; this process starts no backend
-from resnet_jax.bench import baselines
+from resnet_jax.bench import baselines, machine
 from resnet_jax.data import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -199,8 +199,8 @@ class Report:
         else:
             lines += [f"_Unfinished: {len(self.parts)} part(s) reported"
                       + (f", {pending} running_" if pending else "_"), ""]
-        _write(os.path.join(self.out, "report.md"), "\n".join(lines))
-        _write(os.path.join(self.out, "report.json"), json.dumps(
+        machine.write_atomic(os.path.join(self.out, "report.md"), "\n".join(lines))
+        machine.write_atomic(os.path.join(self.out, "report.json"), json.dumps(
             {"parts": self.parts, "throughput": self.rows, "failed": self.failed,
              "result": self.result}, indent=1))
 
@@ -211,13 +211,6 @@ class Report:
             self.result += f" (skipped: {', '.join(self.skipped)})"
         self.write()
         return self.result
-
-
-def _write(path: str, text: str) -> None:
-    """Whole or not at all: a kill during the write leaves the previous version."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def _fmt(value, spec: str, missing: str = "n/a") -> str:

@@ -1,4 +1,5 @@
-"""What a benchmark's JSON says about where and how it ran: the CPU, the command, the date."""
+"""What a benchmark's JSON says about where and how it ran (the CPU, the command, the date),
+and how its files are written."""
 
 import datetime
 import os
@@ -28,3 +29,12 @@ def provenance() -> dict:
     """{'command': this process's command line, 'date': now, UTC}, for a JSON header."""
     return {"command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `path` whole or not at all: a process killed during the write leaves the
+    previous version, so a benchmark that rewrites its results after every row keeps the
+    rows it finished."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)

@@ -16,7 +16,6 @@ import sys
 import jax
 import numpy as np
 
-from resnet_jax import config as config_lib
 from resnet_jax import models
 from resnet_jax.bench import compiled as compiled_lib
 from resnet_jax.bench import torch_baseline
@@ -42,12 +41,7 @@ class Settings:
 
 def row_config(settings: Settings, arch: str, precision_name: str, batch: int, data: str):
     """The arch's recipe with the row's precision, per-device batch, image size and data."""
-    # resnet_tiny (for dry runs) has no recipe of its own: it borrows RN50 v1.5's.
-    config = config_lib.recipe(arch if arch in models.FULL_SIZE else "resnet50_v15")
-    config.arch = arch
-    config.precision = precision_name
-    config.per_device_batch_size = batch
-    config.image_size = settings.image_size
+    config = compiled_lib.arch_recipe(arch, precision_name, batch, settings.image_size)
     config.data.backend = "synthetic" if data == "synthetic" else settings.dali_backend
     config.data.num_threads = settings.dali_threads
     config.data.root = settings.data_root or ""
@@ -70,7 +64,7 @@ def peak_memory() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def counted(compiled, config, mesh) -> dict:
+def counted(compiled, config) -> dict:
     """On a GPU this project can count (resnet_jax.bench.compiled), the measured program's
     kernels, bytes per image and per-kernel roofline ceiling; else nothing."""
     name = compiled_lib.target_for(jax.devices()[0].device_kind)
@@ -123,7 +117,7 @@ def jax_row(settings: Settings, config, data: str, mode: str, *, keep_batch: boo
            "per_device_batch": config.per_device_batch_size, "global_batch": global_batch,
            "devices": mesh.size, "image_size": config.image_size, **summary,
            "peak_memory_bytes": peak_memory(), "xla_memory_bytes": xla_memory(compiled),
-           **counted(compiled, config, mesh)}
+           **counted(compiled, config)}
     kept = None
     if mode == "infer" and keep_batch:
         images, logits = (np.asarray(jax.device_get(box[k][:config.per_device_batch_size]),
